@@ -1,0 +1,308 @@
+// moatd: the Moat appliance.
+//
+//   moatd                     run on the embedded default config
+//   moatd --config FILE       run on FILE (SIGHUP re-reads it)
+//   moatd --check FILE        validate FILE, print every error, exit
+//   moatd --print-default-config
+//
+// Threads: the main thread owns configuration (load, validate, build and
+// publish snapshots, reclaim old ones) and signals; one worker thread per
+// configured worker runs the proxy. Signals are blocked in every thread and
+// taken synchronously by the main thread.
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "moat/control/config.h"
+#include "moat/control/snapshot.h"
+#include "moat/l7/proxy.h"
+
+using namespace moat;
+
+namespace {
+
+void logLine(const char* level, const std::string& msg) {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm t;
+  gmtime_r(&ts.tv_sec, &t);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &t);
+  std::fprintf(stderr, "%s moatd %s: %s\n", buf, level, msg.c_str());
+  std::fflush(stderr);
+}
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: moatd [--config FILE] [--check FILE] [--print-default-config]\n"
+               "  --config FILE          run with FILE (JSON, see docs/config.md); SIGHUP reloads it\n"
+               "  --check FILE           validate FILE, print every error with its JSON path, exit\n"
+               "  --print-default-config print the embedded default config and exit\n"
+               "without --config, moatd runs the embedded default config.\n");
+}
+
+bool sameListeners(const control::Config& a, const control::Config& b) {
+  if (a.listeners.size() != b.listeners.size() || a.workers != b.workers) return false;
+  for (size_t i = 0; i < a.listeners.size(); ++i) {
+    const auto& x = a.listeners[i];
+    const auto& y = b.listeners[i];
+    if (x.name != y.name || x.address != y.address || x.port != y.port ||
+        x.protocol != y.protocol)
+      return false;
+  }
+  return true;
+}
+
+std::string countersJson(const l7::WorkerReport& r) {
+  const auto& c = r.counters;
+  std::string s = "{\"config_version\":" + std::to_string(r.configVersion);
+  auto add = [&](const char* k, uint64_t v) { s += std::string(",\"") + k + "\":" + std::to_string(v); };
+  add("connections_accepted", c.connectionsAccepted);
+  add("connections_active", c.connectionsActive);
+  add("requests", c.requests);
+  add("responses_2xx", c.responses2xx);
+  add("responses_3xx", c.responses3xx);
+  add("responses_4xx", c.responses4xx);
+  add("responses_5xx", c.responses5xx);
+  add("parse_errors", c.parseErrors);
+  add("no_route", c.noRoute);
+  add("no_backend", c.noBackend);
+  add("upstream_connect_errors", c.upstreamConnectErrors);
+  add("upstream_connect_timeouts", c.upstreamConnectTimeouts);
+  add("upstream_response_timeouts", c.upstreamResponseTimeouts);
+  add("upstream_protocol_errors", c.upstreamProtocolErrors);
+  add("upstream_resets", c.upstreamResets);
+  add("upstream_retries", c.upstreamRetries);
+  add("upstream_reused", c.upstreamReused);
+  add("upstream_connects", c.upstreamConnects);
+  add("client_timeouts", c.clientTimeouts);
+  add("client_aborts", c.clientAborts);
+  add("backpressure_pauses", c.backpressurePauses);
+  add("bytes_in", c.bytesIn);
+  add("bytes_out", c.bytesOut);
+  add("access_log_dropped", c.accessLogDropped);
+  auto named = [&](const char* k, const std::map<std::string, l7::NamedCounters>& m) {
+    s += std::string(",\"") + k + "\":{";
+    bool first = true;
+    for (const auto& [name, v] : m) {
+      if (!first) s += ",";
+      first = false;
+      s += "\"" + name + "\":{\"requests\":" + std::to_string(v.requests) +
+           ",\"errors_5xx\":" + std::to_string(v.errors) + "}";
+    }
+    s += "}";
+  };
+  named("listeners", r.listeners);
+  named("routes", r.routes);
+  named("backends", r.backends);
+  s += "}";
+  return s;
+}
+
+l7::WorkerReport sumReports(const std::vector<std::unique_ptr<l7::Worker>>& workers) {
+  l7::WorkerReport total;
+  for (const auto& w : workers) {
+    l7::WorkerReport r = w->report();
+    auto& t = total.counters;
+    const auto& c = r.counters;
+    t.connectionsAccepted += c.connectionsAccepted;
+    t.connectionsActive += c.connectionsActive;
+    t.requests += c.requests;
+    t.responses2xx += c.responses2xx;
+    t.responses3xx += c.responses3xx;
+    t.responses4xx += c.responses4xx;
+    t.responses5xx += c.responses5xx;
+    t.parseErrors += c.parseErrors;
+    t.noRoute += c.noRoute;
+    t.noBackend += c.noBackend;
+    t.upstreamConnectErrors += c.upstreamConnectErrors;
+    t.upstreamConnectTimeouts += c.upstreamConnectTimeouts;
+    t.upstreamResponseTimeouts += c.upstreamResponseTimeouts;
+    t.upstreamProtocolErrors += c.upstreamProtocolErrors;
+    t.upstreamResets += c.upstreamResets;
+    t.upstreamRetries += c.upstreamRetries;
+    t.upstreamReused += c.upstreamReused;
+    t.upstreamConnects += c.upstreamConnects;
+    t.clientTimeouts += c.clientTimeouts;
+    t.clientAborts += c.clientAborts;
+    t.backpressurePauses += c.backpressurePauses;
+    t.bytesIn += c.bytesIn;
+    t.bytesOut += c.bytesOut;
+    t.accessLogDropped += c.accessLogDropped;
+    total.configVersion = std::max(total.configVersion, r.configVersion);
+    for (const auto& [k, v] : r.listeners) {
+      total.listeners[k].requests += v.requests;
+      total.listeners[k].errors += v.errors;
+    }
+    for (const auto& [k, v] : r.routes) {
+      total.routes[k].requests += v.requests;
+      total.routes[k].errors += v.errors;
+    }
+    for (const auto& [k, v] : r.backends) {
+      total.backends[k].requests += v.requests;
+      total.backends[k].errors += v.errors;
+    }
+  }
+  return total;
+}
+
+int openAccessLog(const std::string& where) {
+  if (where.empty()) return -1;
+  if (where == "-") return STDOUT_FILENO;
+  int fd = ::open(where.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (fd < 0) logLine("error", "access log " + where + ": " + strerror(errno) + "; logging off");
+  return fd;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string configPath;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--check" || a == "--config") && i + 1 < argc) {
+      std::string file = argv[++i];
+      if (a == "--check") {
+        control::ConfigResult r = control::loadConfigFile(file);
+        for (const auto& e : r.errors) std::fprintf(stderr, "%s: %s\n", file.c_str(), e.toString().c_str());
+        if (!r.errors.empty()) {
+          std::fprintf(stderr, "%s: %zu error(s); config rejected\n", file.c_str(), r.errors.size());
+          return 1;
+        }
+        std::printf("%s: OK\n", file.c_str());
+        return 0;
+      }
+      configPath = file;
+    } else if (a == "--print-default-config") {
+      std::fwrite(control::defaultConfigJson().data(), 1, control::defaultConfigJson().size(), stdout);
+      return 0;
+    } else if (a == "--help" || a == "-h") {
+      usage();
+      return 0;
+    } else {
+      usage();
+      return 2;
+    }
+  }
+
+  control::ConfigResult loaded = configPath.empty() ? control::parseConfig(control::defaultConfigJson())
+                                                    : control::loadConfigFile(configPath);
+  if (!loaded.errors.empty()) {
+    for (const auto& e : loaded.errors) logLine("error", (configPath.empty() ? "default config" : configPath) + ": " + e.toString());
+    logLine("error", "config rejected; not starting");
+    return 1;
+  }
+  control::Config config = *loaded.config;
+
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
+  sigaddset(&sigs, SIGUSR1);
+  sigaddset(&sigs, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  unsigned ncpu = std::max(1u, std::thread::hardware_concurrency());
+  size_t nworkers = config.workers == 0 ? ncpu : config.workers;
+  uint64_t version = 1;
+  control::SnapshotPublisher publisher(nworkers);
+  try {
+    publisher.publish(control::buildSnapshot(config, version));
+  } catch (const std::exception& e) {
+    logLine("error", std::string("config: ") + e.what());
+    return 1;
+  }
+  int accessFd = openAccessLog(config.logging.accessLog);
+
+  std::atomic<bool> stop{false};
+  std::vector<std::unique_ptr<l7::Worker>> workers;
+  for (size_t i = 0; i < nworkers; ++i) {
+    l7::Worker::Options o;
+    o.index = i;
+    o.publisher = &publisher;
+    o.accessLogFd = accessFd;
+    o.stop = &stop;
+    std::string err;
+    auto w = l7::Worker::create(o, err);
+    if (!w) {
+      logLine("error", "worker " + std::to_string(i) + ": " + err);
+      return 1;
+    }
+    workers.push_back(std::move(w));
+  }
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < nworkers; ++i) {
+    threads.emplace_back([&, i] {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(static_cast<int>(i % ncpu), &set);
+      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+      std::string name = "moat-w" + std::to_string(i);
+      pthread_setname_np(pthread_self(), name.c_str());
+      workers[i]->run(5000);
+    });
+  }
+  for (const auto& l : config.listeners) {
+    logLine("info", "listening on " + l.address + ":" + std::to_string(l.port) + " (" + l.name + ")");
+  }
+  logLine("info", "config version 1 (" + (configPath.empty() ? std::string("embedded default") : configPath) +
+                      ") running on " + std::to_string(nworkers) + " worker(s)");
+
+  timespec tick{0, 100 * 1000 * 1000};
+  for (;;) {
+    siginfo_t info;
+    int sig = sigtimedwait(&sigs, &info, &tick);
+    publisher.reclaim();
+    if (sig < 0) continue;
+    if (sig == SIGINT || sig == SIGTERM) break;
+    if (sig == SIGUSR1) {
+      std::fprintf(stderr, "%s\n", countersJson(sumReports(workers)).c_str());
+      continue;
+    }
+    if (sig == SIGHUP) {
+      if (configPath.empty()) {
+        logLine("warn", "SIGHUP: running on the embedded default config; nothing to reload");
+        continue;
+      }
+      control::ConfigResult r = control::loadConfigFile(configPath);
+      if (!r.errors.empty()) {
+        for (const auto& e : r.errors) logLine("error", "reload " + configPath + ": " + e.toString());
+        logLine("error", "reload rejected; config version " + std::to_string(version) + " keeps running");
+        continue;
+      }
+      if (!sameListeners(config, *r.config)) {
+        logLine("error", "reload rejected: listeners and workers cannot change without a restart; config version " +
+                             std::to_string(version) + " keeps running");
+        continue;
+      }
+      try {
+        publisher.publish(control::buildSnapshot(*r.config, version + 1));
+      } catch (const std::exception& e) {
+        logLine("error", std::string("reload rejected: ") + e.what());
+        continue;
+      }
+      ++version;
+      config = *r.config;
+      logLine("info", "config version " + std::to_string(version) + " applied");
+    }
+  }
+  logLine("info", "stopping: draining connections");
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  std::fprintf(stderr, "%s\n", countersJson(sumReports(workers)).c_str());
+  workers.clear();
+  publisher.reclaim();
+  logLine("info", "stopped");
+  return 0;
+}

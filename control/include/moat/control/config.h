@@ -1,0 +1,100 @@
+// Moat's configuration document: one JSON object, parsed and validated here.
+//
+// Control-plane only: allocates and may throw internally, never called from a
+// worker. Every validation problem is reported with its JSON path so an
+// operator can fix all of them in one go; a document with any error yields no
+// Config at all (nothing starts, nothing changes).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moat::control {
+
+enum class ListenerProtocol : uint8_t { kHttp };
+enum class BalanceAlgorithm : uint8_t { kRoundRobin, kLeastConnections, kMaglev };
+enum class LogLevel : uint8_t { kDebug, kInfo, kWarn, kError };
+
+struct ListenerConfig {
+  std::string name;     // unique; defaults to "<address>:<port>"
+  std::string address;  // IPv4 or IPv6 literal
+  uint16_t port = 0;
+  ListenerProtocol protocol = ListenerProtocol::kHttp;
+};
+
+struct BackendConfig {
+  std::string address;  // IPv4 or IPv6 literal
+  uint16_t port = 0;
+  uint32_t weight = 1;  // 0..1000; 0 = takes no new requests
+};
+
+struct PoolConfig {
+  std::string name;  // unique, referenced by routes
+  BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
+  uint32_t maglevTableSize = 65537;  // prime, only used by kMaglev
+  std::vector<BackendConfig> backends;  // may be empty: requests get 503
+};
+
+struct RouteConfig {
+  std::string host;        // "" or "*" = any host; else exact, case-insensitive, port ignored
+  std::string pathPrefix = "/";
+  std::string pool;        // name of a pool
+};
+
+struct TimeoutsConfig {
+  uint32_t connectMs = 2000;           // upstream TCP connect
+  uint32_t requestHeaderMs = 10000;    // client must send a full head within this
+  uint32_t idleMs = 60000;             // client keep-alive idle
+  uint32_t upstreamResponseMs = 30000; // upstream must start answering within this
+};
+
+struct LimitsConfig {
+  uint32_t maxHeaderBytes = 32768;
+  uint32_t maxRequestLine = 8192;
+  uint32_t maxHeaders = 100;
+};
+
+struct LoggingConfig {
+  LogLevel level = LogLevel::kInfo;
+  std::string accessLog = "-";  // "-" stdout, "" off, else a file path
+};
+
+struct Config {
+  uint32_t workers = 0;  // 0 = one per online CPU
+  std::vector<ListenerConfig> listeners;
+  std::vector<PoolConfig> pools;
+  std::vector<RouteConfig> routes;  // first match in specificity order, see docs/config.md
+  TimeoutsConfig timeouts;
+  LimitsConfig limits;
+  LoggingConfig logging;
+};
+
+struct ConfigError {
+  std::string path;     // JSON path, e.g. "pools[0].backends[2].port"
+  std::string message;  // e.g. "70000 is not a port"
+  std::string toString() const { return path.empty() ? message : path + ": " + message; }
+};
+
+struct ConfigResult {
+  std::optional<Config> config;     // set iff errors is empty
+  std::vector<ConfigError> errors;  // every problem found, in document order
+};
+
+// Parses and validates a JSON document. Unknown fields are errors (typos must
+// not pass silently). Never throws.
+ConfigResult parseConfig(std::string_view json);
+
+// Reads FILE and parses it; an unreadable file is one error with an empty path.
+ConfigResult loadConfigFile(const std::string& path);
+
+// The embedded default: one listener on 127.0.0.1:8080 routing everything to
+// pool "demo" with backends 127.0.0.1:8081 and 127.0.0.1:8082 (the demo
+// backends `moatd --demo` starts).
+std::string_view defaultConfigJson();
+
+const char* toString(BalanceAlgorithm a);
+
+}  // namespace moat::control

@@ -1,0 +1,105 @@
+// The runtime form of a Config, and its publication to workers.
+//
+// A Snapshot is built once on the control thread (allocates, resolves
+// addresses, fills Maglev tables), then never changes. Workers read the
+// current one through SnapshotPublisher::acquire() once per loop turn and
+// keep no pointer into it past that turn; an old snapshot is freed only after
+// every worker has acquired a newer one (quiescent-state based reclamation,
+// as DPDK's rte_rcu_qsbr).
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "moat/control/config.h"
+
+namespace moat::control {
+
+struct BackendRuntime {
+  std::string key;  // "127.0.0.1:8081" / "[::1]:8081": identity across snapshots
+  sockaddr_storage addr{};
+  socklen_t addrLen = 0;
+  uint32_t weight = 1;
+};
+
+struct PoolRuntime {
+  std::string name;
+  BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
+  std::vector<BackendRuntime> backends;
+  std::vector<uint32_t> maglevTable;  // backend indexes; kMaglev only
+  std::vector<uint32_t> rrSequence;   // smooth weighted round-robin order
+};
+
+struct RouteRuntime {
+  std::string name;        // "host/prefix" for counters and logs
+  std::string host;        // lowercase; empty = any host
+  std::string pathPrefix;  // starts with '/'
+  uint32_t pool = 0;       // index into Snapshot::pools
+};
+
+struct Snapshot {
+  uint64_t version = 0;
+  Config config;
+  std::vector<PoolRuntime> pools;
+  std::vector<RouteRuntime> routes;  // exact hosts first, then longest prefix first
+
+  // Route for a request. `host` may carry a port and any case; no
+  // allocation. Returns null when nothing matches.
+  const RouteRuntime* matchRoute(std::string_view host, std::string_view path) const;
+};
+
+// Builds the runtime snapshot from a validated config. Throws
+// std::runtime_error only for conditions validation cannot see.
+std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version);
+
+class SnapshotPublisher {
+ public:
+  explicit SnapshotPublisher(size_t workers);
+  ~SnapshotPublisher();
+
+  // Control thread. Makes `next` current and retires the previous one.
+  // Wakes every registered worker so it picks the new snapshot up now.
+  void publish(std::unique_ptr<const Snapshot> next);
+  // Control thread. Frees retired snapshots that no worker can still use;
+  // returns how many remain retired.
+  size_t reclaim();
+  // Control thread. Current snapshot; valid until the next publish().
+  const Snapshot* current() const { return current_.load(std::memory_order_acquire); }
+
+  // Worker thread `worker`, once per loop turn: returns the snapshot to use
+  // for this turn and records that every older one is no longer in use.
+  const Snapshot* acquire(size_t worker) {
+    const Snapshot* s = current_.load(std::memory_order_acquire);
+    seen_[worker].version.store(s->version, std::memory_order_release);
+    return s;
+  }
+  // Worker thread: the worker has exited and holds nothing.
+  void goOffline(size_t worker) {
+    seen_[worker].version.store(UINT64_MAX, std::memory_order_release);
+  }
+  // Worker start-up: an eventfd that publish() writes to.
+  void registerWakeFd(size_t worker, int eventFd);
+
+  size_t workers() const { return workers_; }
+
+ private:
+  struct alignas(64) Seen {
+    std::atomic<uint64_t> version{0};
+    std::atomic<int> wakeFd{-1};
+  };
+  size_t workers_;
+  std::unique_ptr<Seen[]> seen_;
+  std::atomic<const Snapshot*> current_{nullptr};
+  std::mutex mu_;  // control side only
+  std::vector<std::unique_ptr<const Snapshot>> owned_;  // current + retired
+};
+
+}  // namespace moat::control

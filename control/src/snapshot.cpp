@@ -1,0 +1,160 @@
+#include "moat/control/snapshot.h"
+
+#include <arpa/inet.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "moat/l4/maglev.h"
+
+namespace moat::control {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string_view stripPort(std::string_view host) {
+  if (!host.empty() && host.front() == '[') {
+    size_t close = host.find(']');
+    return close == std::string_view::npos ? host : host.substr(0, close + 1);
+  }
+  size_t colon = host.rfind(':');
+  if (colon != std::string_view::npos && host.find(':') == colon) return host.substr(0, colon);
+  return host;
+}
+
+// Smooth weighted round robin (as NGINX): spreads heavy backends out instead
+// of sending them runs of consecutive requests.
+std::vector<uint32_t> smoothRoundRobin(const std::vector<BackendRuntime>& backends) {
+  uint64_t total = 0;
+  for (const auto& b : backends) total += b.weight;
+  std::vector<uint32_t> seq;
+  if (total == 0) return seq;
+  seq.reserve(total);
+  std::vector<int64_t> current(backends.size(), 0);
+  for (uint64_t n = 0; n < total; ++n) {
+    size_t best = 0;
+    for (size_t i = 0; i < backends.size(); ++i) {
+      current[i] += backends[i].weight;
+      if (current[i] > current[best]) best = i;
+    }
+    current[best] -= static_cast<int64_t>(total);
+    seq.push_back(static_cast<uint32_t>(best));
+  }
+  return seq;
+}
+
+}  // namespace
+
+const RouteRuntime* Snapshot::matchRoute(std::string_view host, std::string_view path) const {
+  std::string_view h = stripPort(host);
+  for (const RouteRuntime& r : routes) {
+    if (!r.host.empty() && !iequals(r.host, h)) continue;
+    if (path.substr(0, r.pathPrefix.size()) == r.pathPrefix) return &r;
+  }
+  return nullptr;
+}
+
+std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version) {
+  auto snap = std::make_unique<Snapshot>();
+  snap->version = version;
+  snap->config = config;
+  for (const PoolConfig& pc : config.pools) {
+    PoolRuntime pr;
+    pr.name = pc.name;
+    pr.balance = pc.balance;
+    for (const BackendConfig& bc : pc.backends) {
+      BackendRuntime br;
+      br.weight = bc.weight;
+      if (bc.address.find(':') != std::string::npos) {
+        auto* a6 = reinterpret_cast<sockaddr_in6*>(&br.addr);
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(bc.port);
+        if (inet_pton(AF_INET6, bc.address.c_str(), &a6->sin6_addr) != 1)
+          throw std::runtime_error("bad backend address " + bc.address);
+        br.addrLen = sizeof(sockaddr_in6);
+        br.key = "[" + bc.address + "]:" + std::to_string(bc.port);
+      } else {
+        auto* a4 = reinterpret_cast<sockaddr_in*>(&br.addr);
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(bc.port);
+        if (inet_pton(AF_INET, bc.address.c_str(), &a4->sin_addr) != 1)
+          throw std::runtime_error("bad backend address " + bc.address);
+        br.addrLen = sizeof(sockaddr_in);
+        br.key = bc.address + ":" + std::to_string(bc.port);
+      }
+      pr.backends.push_back(std::move(br));
+    }
+    if (pr.balance == BalanceAlgorithm::kMaglev) {
+      std::vector<l4::MaglevBackend> mb;
+      for (const auto& b : pr.backends) mb.push_back({b.key, b.weight});
+      pr.maglevTable = l4::buildMaglevTable(mb, pc.maglevTableSize);
+    }
+    pr.rrSequence = smoothRoundRobin(pr.backends);
+    snap->pools.push_back(std::move(pr));
+  }
+  for (const RouteConfig& rc : config.routes) {
+    RouteRuntime rr;
+    rr.host = (rc.host == "*") ? std::string() : rc.host;
+    std::transform(rr.host.begin(), rr.host.end(), rr.host.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    rr.pathPrefix = rc.pathPrefix;
+    rr.name = (rr.host.empty() ? std::string("*") : rr.host) + rr.pathPrefix;
+    for (size_t i = 0; i < config.pools.size(); ++i) {
+      if (config.pools[i].name == rc.pool) rr.pool = static_cast<uint32_t>(i);
+    }
+    snap->routes.push_back(std::move(rr));
+  }
+  // Specific host before any-host; within each, longest prefix first; ties
+  // keep document order.
+  std::stable_sort(snap->routes.begin(), snap->routes.end(),
+                   [](const RouteRuntime& a, const RouteRuntime& b) {
+                     if (a.host.empty() != b.host.empty()) return !a.host.empty();
+                     return a.pathPrefix.size() > b.pathPrefix.size();
+                   });
+  return snap;
+}
+
+SnapshotPublisher::SnapshotPublisher(size_t workers)
+    : workers_(workers), seen_(std::make_unique<Seen[]>(workers)) {}
+
+SnapshotPublisher::~SnapshotPublisher() = default;
+
+void SnapshotPublisher::registerWakeFd(size_t worker, int eventFd) {
+  seen_[worker].wakeFd.store(eventFd, std::memory_order_release);
+}
+
+void SnapshotPublisher::publish(std::unique_ptr<const Snapshot> next) {
+  std::lock_guard<std::mutex> lock(mu_);
+  current_.store(next.get(), std::memory_order_release);
+  owned_.push_back(std::move(next));
+  for (size_t i = 0; i < workers_; ++i) {
+    int fd = seen_[i].wakeFd.load(std::memory_order_acquire);
+    if (fd >= 0) {
+      uint64_t one = 1;
+      ssize_t n = ::write(fd, &one, sizeof(one));
+      (void)n;  // EAGAIN means a wake-up is already pending: fine
+    }
+  }
+}
+
+size_t SnapshotPublisher::reclaim() {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t minSeen = UINT64_MAX;
+  for (size_t i = 0; i < workers_; ++i) {
+    minSeen = std::min(minSeen, seen_[i].version.load(std::memory_order_acquire));
+  }
+  const Snapshot* cur = current_.load(std::memory_order_acquire);
+  // A retired snapshot with version v is unused once every worker has
+  // acquired a version > v: it never looks at v again.
+  std::erase_if(owned_, [&](const std::unique_ptr<const Snapshot>& s) {
+    return s.get() != cur && s->version < minSeen;
+  });
+  return owned_.size() - 1;
+}
+
+}  // namespace moat::control
