@@ -19,7 +19,7 @@ enum class BalanceAlgorithm : uint8_t { kRoundRobin, kLeastConnections, kMaglev 
 enum class LogLevel : uint8_t { kDebug, kInfo, kWarn, kError };
 
 struct ListenerConfig {
-  std::string name;     // unique; defaults to "<address>:<port>"
+  std::string name;     // unique; defaults to "<address>:<port>" ("[<v6>]:<port>" for IPv6)
   std::string address;  // IPv4 or IPv6 literal
   uint16_t port = 0;
   ListenerProtocol protocol = ListenerProtocol::kHttp;
@@ -95,6 +95,9 @@ ConfigResult loadConfigFile(const std::string& path);
 // backends `moatd --demo` starts).
 std::string_view defaultConfigJson();
 
+// Names as spelled in the JSON document ("round_robin", "http", "info").
 const char* toString(BalanceAlgorithm a);
+const char* toString(ListenerProtocol p);
+const char* toString(LogLevel l);
 
 }  // namespace moat::control

@@ -51,13 +51,21 @@ struct ResponseHead {
 // Rules: CL + TE together, repeated/listed/signed CL, TE other than a final
 //   single "chunked", TE in HTTP/1.0, obs-fold, bare CR, bare LF, control
 //   bytes, missing/duplicate Host in 1.1 are all errors. Leading empty lines
-//   before the request line are NOT accepted.
+//   before the request line are NOT accepted. A listed Content-Length ("5, 5")
+//   is kConflictingContentLength; a Host value with bytes outside an authority
+//   (SP, '/', '@', ...) is kBadHeaderValue; a '#' in the target is kBadTarget.
+//   A request line whose method is already invalid fails before its LF arrives.
+// Cost: one memchr per line plus one table lookup per byte; O(len) per call.
 ParseStatus parseRequestHead(const char* data, size_t len, const ParseLimits& limits,
                              RequestHead& out, HttpError& err);
 
 // Parses a response head. `requestMethodHead` and the status decide whether a
 // body follows (HEAD, 1xx, 204, 304 have none). Without CL or TE the body
 // runs until close. Same strictness as requests; errors map to 502.
+// TE may list other codings if chunked is final (kChunked); TE not ending in
+// chunked gives kUntilClose; chunked twice, CL + TE, or TE in an HTTP/1.0
+// response are errors (even for HEAD/1xx/204/304, which carry no body).
+// kUntilClose always sets keepAlive = false.
 ParseStatus parseResponseHead(const char* data, size_t len, const ParseLimits& limits,
                               bool requestMethodHead, ResponseHead& out, HttpError& err);
 
@@ -65,7 +73,8 @@ ParseStatus parseResponseHead(const char* data, size_t len, const ParseLimits& l
 // proxy forwards them raw); the decoder checks the framing strictly and says
 // where the message ends. Chunk sizes are 1*HEXDIG (max 16 digits, no
 // overflow), extensions must be `;name[=token|quoted-string]`, lines end in
-// CRLF, trailers are header fields. No allocation.
+// CRLF, trailers are header fields. No allocation. On kError the caller
+// reports HttpError::kBadChunk.
 class ChunkedDecoder {
  public:
   enum class Result : uint8_t { kNeedMore, kDone, kError };

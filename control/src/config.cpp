@@ -1,0 +1,670 @@
+#include "moat/control/config.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "moat/l4/maglev.h"
+
+namespace moat::control {
+
+namespace {
+
+// ordered_json keeps object members in document order, so errors come out in
+// the order an operator reads the file.
+using Json = nlohmann::ordered_json;
+
+constexpr int64_t kMaxWorkers = 256;
+constexpr int64_t kMaxWeight = 1000;
+constexpr int64_t kMinTimeoutMs = 1;
+constexpr int64_t kMaxTimeoutMs = 3600000;
+constexpr int64_t kMinHeaderBytes = 1024;
+constexpr int64_t kMaxHeaderBytes = 1048576;
+constexpr int64_t kMinRequestLine = 256;
+constexpr int64_t kMaxHeadersLimit = 128;
+// 4 MiB of uint32 per pool; larger tables buy nothing measurable.
+constexpr int64_t kMaxMaglevTableSize = 1000003;
+
+std::string join(const std::string& path, std::string_view key) {
+  return path.empty() ? std::string(key) : path + "." + std::string(key);
+}
+
+std::string indexed(const std::string& path, size_t i) {
+  return path + "[" + std::to_string(i) + "]";
+}
+
+// JSON-style quoting; invalid UTF-8 (possible in a file name) is replaced, not thrown.
+std::string jsonQuote(std::string_view s) {
+  return Json(std::string(s)).dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+const char* typeName(const Json& j) {
+  switch (j.type()) {
+    case Json::value_t::null: return "null";
+    case Json::value_t::boolean: return "boolean";
+    case Json::value_t::string: return "string";
+    case Json::value_t::array: return "array";
+    case Json::value_t::object: return "object";
+    case Json::value_t::binary: return "binary";
+    case Json::value_t::discarded: return "nothing";
+    default: return "number";
+  }
+}
+
+// Canonical text of an IP literal ("::0001" -> "::1"), or nullopt.
+std::optional<std::string> canonicalIp(const std::string& text, bool* isV6) {
+  unsigned char buf[sizeof(in6_addr)];
+  char out[INET6_ADDRSTRLEN];
+  if (inet_pton(AF_INET, text.c_str(), buf) == 1) {
+    *isV6 = false;
+    if (inet_ntop(AF_INET, buf, out, sizeof out) == nullptr) return std::nullopt;
+    return std::string(out);
+  }
+  if (inet_pton(AF_INET6, text.c_str(), buf) == 1) {
+    *isV6 = true;
+    if (inet_ntop(AF_INET6, buf, out, sizeof out) == nullptr) return std::nullopt;
+    return std::string(out);
+  }
+  return std::nullopt;
+}
+
+std::string hostPort(const std::string& address, bool isV6, uint16_t port) {
+  return (isV6 ? "[" + address + "]" : address) + ":" + std::to_string(port);
+}
+
+// Tracks object keys while parsing to report duplicates, which nlohmann
+// otherwise resolves silently (last one wins).
+class DuplicateKeyFinder {
+ public:
+  explicit DuplicateKeyFinder(std::vector<ConfigError>* errors) : errors_(errors) {}
+
+  bool operator()(int /*depth*/, Json::parse_event_t event, Json& parsed) {
+    using E = Json::parse_event_t;
+    switch (event) {
+      case E::object_start:
+      case E::array_start:
+        frames_.push_back(Frame{event == E::array_start, 0, {}, {}});
+        break;
+      case E::key: {
+        Frame& f = frames_.back();
+        f.key = parsed.get<std::string>();
+        if (!f.keys.insert(f.key).second) {
+          errors_->push_back({childPath(), "duplicate field"});
+        }
+        break;
+      }
+      case E::object_end:
+      case E::array_end:
+        frames_.pop_back();
+        valueDone();
+        break;
+      case E::value:
+        valueDone();
+        break;
+    }
+    return true;
+  }
+
+ private:
+  struct Frame {
+    bool isArray;
+    size_t index;
+    std::string key;
+    std::set<std::string> keys;
+  };
+
+  void valueDone() {
+    if (!frames_.empty() && frames_.back().isArray) ++frames_.back().index;
+  }
+
+  std::string childPath() const {
+    std::string p;
+    for (const Frame& f : frames_) p = f.isArray ? indexed(p, f.index) : join(p, f.key);
+    return p;
+  }
+
+  std::vector<ConfigError>* errors_;
+  std::vector<Frame> frames_;
+};
+
+class Validator {
+ public:
+  std::vector<ConfigError> errors;
+
+  void run(const Json& root) {
+    if (!root.is_object()) {
+      wrongType(root, "", "an object");
+      return;
+    }
+    prescanPoolNames(root);
+    bool sawListeners = false;
+    for (const auto& member : root.items()) {
+      const std::string& key = member.key();
+      const Json& v = member.value();
+      if (key == "workers") {
+        uintInRange(v, key, 0, kMaxWorkers, "", &config_.workers);
+      } else if (key == "listeners") {
+        sawListeners = true;
+        listeners(v, key);
+      } else if (key == "pools") {
+        pools(v, key);
+      } else if (key == "routes") {
+        routes(v, key);
+      } else if (key == "timeouts") {
+        timeouts(v, key);
+      } else if (key == "limits") {
+        limits(v, key);
+      } else if (key == "logging") {
+        logging(v, key);
+      } else {
+        unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging");
+      }
+    }
+    if (!sawListeners) error("listeners", "missing required field");
+  }
+
+  Config take() { return std::move(config_); }
+
+ private:
+  void error(std::string path, std::string message) {
+    errors.push_back({std::move(path), std::move(message)});
+  }
+
+  void unknown(const std::string& path, const char* allowed) {
+    error(path, std::string("unknown field (expected one of: ") + allowed + ")");
+  }
+
+  void wrongType(const Json& j, const std::string& path, const char* expected) {
+    error(path, std::string("expected ") + expected + ", got " + typeName(j));
+  }
+
+  std::optional<std::string> string(const Json& j, const std::string& path) {
+    if (!j.is_string()) {
+      wrongType(j, path, "a string");
+      return std::nullopt;
+    }
+    return j.get<std::string>();
+  }
+
+  // Integers only: 8080.0 and "8080" are rejected, as is true.
+  bool isInteger(const Json& j, const std::string& path) {
+    if (j.is_number_integer()) return true;
+    if (j.is_number_float()) {
+      error(path, "expected an integer, got " + j.dump());
+    } else {
+      wrongType(j, path, "an integer");
+    }
+    return false;
+  }
+
+  // Every range here is non-negative, so a negative integer is always out.
+  static bool inRange(const Json& j, int64_t lo, int64_t hi) {
+    if (!j.is_number_unsigned()) return false;
+    uint64_t v = j.get<uint64_t>();
+    return v >= static_cast<uint64_t>(lo) && v <= static_cast<uint64_t>(hi);
+  }
+
+  bool uintInRange(const Json& j, const std::string& path, int64_t lo, int64_t hi,
+                   const char* unit, uint32_t* out) {
+    if (!isInteger(j, path)) return false;
+    if (!inRange(j, lo, hi)) {
+      error(path, "must be " + std::to_string(lo) + ".." + std::to_string(hi) + unit + ", got " +
+                      j.dump());
+      return false;
+    }
+    *out = static_cast<uint32_t>(j.get<uint64_t>());
+    return true;
+  }
+
+  std::optional<uint16_t> port(const Json& j, const std::string& path) {
+    if (!isInteger(j, path)) return std::nullopt;
+    if (!j.is_number_unsigned() || j.get<uint64_t>() < 1 || j.get<uint64_t>() > 65535) {
+      error(path, j.dump() + " is not a port");
+      return std::nullopt;
+    }
+    return static_cast<uint16_t>(j.get<uint64_t>());
+  }
+
+  // Returns the canonical form for duplicate detection.
+  std::optional<std::string> address(const Json& j, const std::string& path, std::string* out,
+                                     bool* isV6) {
+    std::optional<std::string> s = string(j, path);
+    if (!s) return std::nullopt;
+    std::optional<std::string> canon = canonicalIp(*s, isV6);
+    if (!canon) {
+      error(path, jsonQuote(*s) +
+                      " is not an IPv4 or IPv6 address literal (hostnames are not supported yet)");
+      return std::nullopt;
+    }
+    *out = *s;
+    return canon;
+  }
+
+  bool array(const Json& j, const std::string& path) {
+    if (j.is_array()) return true;
+    wrongType(j, path, "an array");
+    return false;
+  }
+
+  bool object(const Json& j, const std::string& path) {
+    if (j.is_object()) return true;
+    wrongType(j, path, "an object");
+    return false;
+  }
+
+  void prescanPoolNames(const Json& root) {
+    auto it = root.find("pools");
+    if (it == root.end() || !it->is_array()) return;
+    for (const Json& p : *it) {
+      if (!p.is_object()) continue;
+      auto name = p.find("name");
+      if (name != p.end() && name->is_string()) poolNames_.insert(name->get<std::string>());
+    }
+  }
+
+  void listeners(const Json& j, const std::string& path) {
+    if (!array(j, path)) return;
+    if (j.empty()) error(path, "at least one listener is required");
+    std::unordered_map<std::string, std::string> byEndpoint;  // canonical addr:port -> path
+    std::unordered_map<std::string, std::string> byName;
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string lp = indexed(path, i);
+      const Json& l = j[i];
+      if (!object(l, lp)) continue;
+      ListenerConfig lc;
+      std::optional<std::string> name;
+      std::optional<std::string> canon;
+      std::optional<uint16_t> p;
+      bool isV6 = false;
+      bool sawAddress = false;
+      bool sawPort = false;
+      bool nameOk = true;
+      for (const auto& m : l.items()) {
+        const std::string fp = join(lp, m.key());
+        if (m.key() == "name") {
+          name = string(m.value(), fp);
+          if (name && name->empty()) {
+            error(fp, "must not be empty");
+            name.reset();
+          }
+          nameOk = name.has_value();
+        } else if (m.key() == "address") {
+          sawAddress = true;
+          canon = address(m.value(), fp, &lc.address, &isV6);
+        } else if (m.key() == "port") {
+          sawPort = true;
+          p = port(m.value(), fp);
+        } else if (m.key() == "protocol") {
+          std::optional<std::string> s = string(m.value(), fp);
+          if (s && *s != "http") {
+            error(fp, "unknown protocol " + jsonQuote(*s) + " (allowed: http)");
+          }
+        } else {
+          unknown(fp, "name, address, port, protocol");
+        }
+      }
+      if (!sawAddress) error(join(lp, "address"), "missing required field");
+      if (!sawPort) error(join(lp, "port"), "missing required field");
+      if (canon && p) {
+        lc.port = *p;
+        std::string endpoint = hostPort(*canon, isV6, *p);
+        auto [it, fresh] = byEndpoint.emplace(endpoint, lp);
+        if (!fresh) error(lp, "duplicate listener " + endpoint + " (also " + it->second + ")");
+        lc.name = name ? *name : hostPort(lc.address, isV6, *p);
+      } else if (name) {
+        lc.name = *name;
+      }
+      if (nameOk && !lc.name.empty()) {
+        auto [it, fresh] = byName.emplace(lc.name, lp);
+        if (!fresh) {
+          error(name ? join(lp, "name") : lp,
+                "duplicate listener name " + jsonQuote(lc.name) + " (also " + it->second + ")");
+        }
+      }
+      config_.listeners.push_back(std::move(lc));
+    }
+  }
+
+  void pools(const Json& j, const std::string& path) {
+    if (!array(j, path)) return;
+    std::unordered_map<std::string, std::string> byName;
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string pp = indexed(path, i);
+      const Json& p = j[i];
+      if (!object(p, pp)) continue;
+      PoolConfig pc;
+      // Looked up ahead so the table-size check can sit at its own field.
+      std::optional<BalanceAlgorithm> balance = BalanceAlgorithm::kRoundRobin;
+      if (auto b = p.find("balance"); b != p.end()) balance = parseBalance(*b);
+      size_t backendCount = 0;
+      if (auto b = p.find("backends"); b != p.end() && b->is_array()) backendCount = b->size();
+      bool sawName = false;
+      bool sawTableSize = false;
+      for (const auto& m : p.items()) {
+        const std::string fp = join(pp, m.key());
+        if (m.key() == "name") {
+          sawName = true;
+          std::optional<std::string> name = string(m.value(), fp);
+          if (name && name->empty()) {
+            error(fp, "must not be empty");
+          } else if (name) {
+            pc.name = *name;
+            auto [it, fresh] = byName.emplace(*name, pp);
+            if (!fresh) {
+              error(fp, "duplicate pool name " + jsonQuote(*name) + " (also " + it->second + ")");
+            }
+          }
+        } else if (m.key() == "balance") {
+          std::optional<std::string> s = string(m.value(), fp);
+          if (s && !balance) {
+            error(fp, "unknown balance " + jsonQuote(*s) +
+                          " (allowed: round_robin, least_connections, maglev)");
+          }
+          if (balance) pc.balance = *balance;
+        } else if (m.key() == "maglevTableSize") {
+          sawTableSize = true;
+          tableSize(m.value(), fp, balance, backendCount, &pc.maglevTableSize);
+        } else if (m.key() == "backends") {
+          backends(m.value(), fp, &pc.backends);
+        } else {
+          unknown(fp, "name, balance, maglevTableSize, backends");
+        }
+      }
+      if (!sawName) error(join(pp, "name"), "missing required field");
+      if (!sawTableSize && balance == BalanceAlgorithm::kMaglev &&
+          pc.maglevTableSize <= backendCount) {
+        error(join(pp, "maglevTableSize"),
+              "the default " + std::to_string(pc.maglevTableSize) +
+                  " must be larger than the number of backends (" +
+                  std::to_string(backendCount) + ")");
+      }
+      config_.pools.push_back(std::move(pc));
+    }
+  }
+
+  static std::optional<BalanceAlgorithm> parseBalance(const Json& j) {
+    if (!j.is_string()) return std::nullopt;
+    const std::string& s = j.get_ref<const std::string&>();
+    if (s == "round_robin") return BalanceAlgorithm::kRoundRobin;
+    if (s == "least_connections") return BalanceAlgorithm::kLeastConnections;
+    if (s == "maglev") return BalanceAlgorithm::kMaglev;
+    return std::nullopt;
+  }
+
+  void tableSize(const Json& j, const std::string& path, std::optional<BalanceAlgorithm> balance,
+                 size_t backendCount, uint32_t* out) {
+    uint32_t size = 0;
+    if (!uintInRange(j, path, 2, kMaxMaglevTableSize, "", &size)) return;
+    if (!l4::isPrime(size)) {
+      error(path, std::to_string(size) + " is not prime (try 65537)");
+      return;
+    }
+    // Only a Maglev pool builds a table; other pools ignore the size.
+    if (balance == BalanceAlgorithm::kMaglev && size <= backendCount) {
+      error(path, std::to_string(size) + " must be larger than the number of backends (" +
+                      std::to_string(backendCount) + ")");
+      return;
+    }
+    *out = size;
+  }
+
+  void backends(const Json& j, const std::string& path, std::vector<BackendConfig>* out) {
+    if (!array(j, path)) return;
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string bp = indexed(path, i);
+      const Json& b = j[i];
+      if (!object(b, bp)) continue;
+      BackendConfig bc;
+      bool sawAddress = false;
+      bool sawPort = false;
+      for (const auto& m : b.items()) {
+        const std::string fp = join(bp, m.key());
+        if (m.key() == "address") {
+          sawAddress = true;
+          bool isV6 = false;
+          address(m.value(), fp, &bc.address, &isV6);
+        } else if (m.key() == "port") {
+          sawPort = true;
+          if (auto p = port(m.value(), fp)) bc.port = *p;
+        } else if (m.key() == "weight") {
+          uintInRange(m.value(), fp, 0, kMaxWeight, "", &bc.weight);
+        } else {
+          unknown(fp, "address, port, weight");
+        }
+      }
+      if (!sawAddress) error(join(bp, "address"), "missing required field");
+      if (!sawPort) error(join(bp, "port"), "missing required field");
+      out->push_back(std::move(bc));
+    }
+  }
+
+  void routes(const Json& j, const std::string& path) {
+    if (!array(j, path)) return;
+    std::unordered_map<std::string, std::string> seen;  // host + '\n' + prefix -> path
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string rp = indexed(path, i);
+      const Json& r = j[i];
+      if (!object(r, rp)) continue;
+      RouteConfig rc;
+      bool sawPool = false;
+      bool keyOk = true;
+      for (const auto& m : r.items()) {
+        const std::string fp = join(rp, m.key());
+        if (m.key() == "host") {
+          std::optional<std::string> h = string(m.value(), fp);
+          if (!h) {
+            keyOk = false;
+            continue;
+          }
+          for (char& c : *h) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          rc.host = std::move(*h);
+        } else if (m.key() == "pathPrefix") {
+          std::optional<std::string> s = string(m.value(), fp);
+          if (s && (s->empty() || s->front() != '/')) {
+            error(fp, "must start with \"/\", got " + jsonQuote(*s));
+            keyOk = false;
+          } else if (s) {
+            rc.pathPrefix = *s;
+          } else {
+            keyOk = false;
+          }
+        } else if (m.key() == "pool") {
+          sawPool = true;
+          std::optional<std::string> s = string(m.value(), fp);
+          if (s && poolNames_.count(*s) == 0) error(fp, "no pool named " + jsonQuote(*s));
+          if (s) rc.pool = *s;
+        } else {
+          unknown(fp, "host, pathPrefix, pool");
+        }
+      }
+      if (!sawPool) error(join(rp, "pool"), "missing required field");
+      if (keyOk) {
+        std::string host = rc.host == "*" ? std::string() : rc.host;
+        auto [it, fresh] = seen.emplace(host + "\n" + rc.pathPrefix, rp);
+        if (!fresh) {
+          error(rp, "duplicate route for host " + jsonQuote(host.empty() ? "*" : host) +
+                        " and pathPrefix " + jsonQuote(rc.pathPrefix) + " (also " + it->second +
+                        ")");
+        }
+      }
+      config_.routes.push_back(std::move(rc));
+    }
+  }
+
+  void timeouts(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    TimeoutsConfig& t = config_.timeouts;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      uint32_t* field = m.key() == "connectMs"            ? &t.connectMs
+                        : m.key() == "requestHeaderMs"    ? &t.requestHeaderMs
+                        : m.key() == "idleMs"             ? &t.idleMs
+                        : m.key() == "upstreamResponseMs" ? &t.upstreamResponseMs
+                                                          : nullptr;
+      if (field == nullptr) {
+        unknown(fp, "connectMs, requestHeaderMs, idleMs, upstreamResponseMs");
+      } else {
+        uintInRange(m.value(), fp, kMinTimeoutMs, kMaxTimeoutMs, " ms", field);
+      }
+    }
+  }
+
+  void limits(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    LimitsConfig& l = config_.limits;
+    // maxRequestLine is bounded by maxHeaderBytes wherever either appears.
+    int64_t lineMax = kMaxHeaderBytes;
+    const char* lineMaxWhat = "";
+    if (auto h = j.find("maxHeaderBytes"); h == j.end()) {
+      lineMax = l.maxHeaderBytes;
+      lineMaxWhat = " (the default maxHeaderBytes)";
+    } else if (h->is_number_integer() && inRange(*h, kMinHeaderBytes, kMaxHeaderBytes)) {
+      lineMax = h->get<int64_t>();
+      lineMaxWhat = " (maxHeaderBytes)";
+    }
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      if (m.key() == "maxHeaderBytes") {
+        uintInRange(m.value(), fp, kMinHeaderBytes, kMaxHeaderBytes, " bytes", &l.maxHeaderBytes);
+      } else if (m.key() == "maxRequestLine") {
+        std::string unit = std::string(" bytes") + lineMaxWhat;
+        uintInRange(m.value(), fp, kMinRequestLine, lineMax, unit.c_str(), &l.maxRequestLine);
+      } else if (m.key() == "maxHeaders") {
+        uintInRange(m.value(), fp, 1, kMaxHeadersLimit, "", &l.maxHeaders);
+      } else {
+        unknown(fp, "maxHeaderBytes, maxRequestLine, maxHeaders");
+      }
+    }
+  }
+
+  void logging(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      if (m.key() == "level") {
+        std::optional<std::string> s = string(m.value(), fp);
+        if (!s) continue;
+        if (*s == "debug") {
+          config_.logging.level = LogLevel::kDebug;
+        } else if (*s == "info") {
+          config_.logging.level = LogLevel::kInfo;
+        } else if (*s == "warn") {
+          config_.logging.level = LogLevel::kWarn;
+        } else if (*s == "error") {
+          config_.logging.level = LogLevel::kError;
+        } else {
+          error(fp, "unknown log level " + jsonQuote(*s) + " (allowed: debug, info, warn, error)");
+        }
+      } else if (m.key() == "accessLog") {
+        if (auto s = string(m.value(), fp)) config_.logging.accessLog = *s;
+      } else {
+        unknown(fp, "level, accessLog");
+      }
+    }
+  }
+
+  Config config_;
+  std::set<std::string> poolNames_;
+};
+
+}  // namespace
+
+ConfigResult parseConfig(std::string_view json) {
+  ConfigResult result;
+  try {
+    Json root;
+    std::vector<ConfigError> duplicates;
+    try {
+      root = Json::parse(json.begin(), json.end(), DuplicateKeyFinder(&duplicates));
+    } catch (const Json::parse_error& e) {
+      result.errors.push_back(
+          {"", "invalid JSON at byte " + std::to_string(e.byte) + ": " + e.what()});
+      return result;
+    }
+    result.errors = std::move(duplicates);
+    Validator v;
+    v.run(root);
+    result.errors.insert(result.errors.end(), v.errors.begin(), v.errors.end());
+    if (result.errors.empty()) result.config = v.take();
+  } catch (const std::exception& e) {
+    result.config.reset();
+    result.errors.push_back({"", std::string("internal error while reading config: ") + e.what()});
+  } catch (...) {
+    result.config.reset();
+    result.errors.push_back({"", "internal error while reading config"});
+  }
+  return result;
+}
+
+ConfigResult loadConfigFile(const std::string& path) {
+  ConfigResult result;
+  try {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      result.errors.push_back({"", "cannot open config file " + jsonQuote(path) + ": " +
+                                       std::strerror(err)});
+      return result;
+    }
+    std::string text;
+    char buf[65536];
+    while (true) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n > 0) {
+        text.append(buf, static_cast<size_t>(n));
+      } else if (n == 0) {
+        break;
+      } else if (errno != EINTR) {
+        int err = errno;
+        ::close(fd);
+        result.errors.push_back({"", "cannot read config file " + jsonQuote(path) + ": " +
+                                         std::strerror(err)});
+        return result;
+      }
+    }
+    ::close(fd);
+    return parseConfig(text);
+  } catch (const std::exception& e) {
+    result.errors.push_back({"", "cannot read config file " + jsonQuote(path) + ": " + e.what()});
+  }
+  return result;
+}
+
+const char* toString(BalanceAlgorithm a) {
+  switch (a) {
+    case BalanceAlgorithm::kRoundRobin: return "round_robin";
+    case BalanceAlgorithm::kLeastConnections: return "least_connections";
+    case BalanceAlgorithm::kMaglev: return "maglev";
+  }
+  return "unknown";
+}
+
+const char* toString(ListenerProtocol p) {
+  switch (p) {
+    case ListenerProtocol::kHttp: return "http";
+  }
+  return "unknown";
+}
+
+const char* toString(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarn: return "warn";
+    case LogLevel::kError: return "error";
+  }
+  return "unknown";
+}
+
+}  // namespace moat::control

@@ -1,0 +1,537 @@
+#include "moat/control/config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace moat::control {
+namespace {
+
+constexpr const char* kListener = R"("listeners": [{"address": "127.0.0.1", "port": 8080}])";
+
+// A valid document with one listener plus `rest` (more top-level members).
+std::string doc(const std::string& rest = "") {
+  return std::string("{") + kListener + (rest.empty() ? "" : ", " + rest) + "}";
+}
+
+std::string dump(const ConfigResult& r) {
+  std::string s;
+  for (const ConfigError& e : r.errors) s += "  " + e.toString() + "\n";
+  return s;
+}
+
+// Exactly one error, at `path`, whose message contains `text`.
+void expectError(const std::string& json, const std::string& path, const std::string& text) {
+  SCOPED_TRACE(json);
+  ConfigResult r = parseConfig(json);
+  EXPECT_FALSE(r.config.has_value());
+  ASSERT_EQ(r.errors.size(), 1u) << dump(r);
+  EXPECT_EQ(r.errors[0].path, path) << dump(r);
+  EXPECT_NE(r.errors[0].message.find(text), std::string::npos) << dump(r);
+}
+
+Config expectValid(const std::string& json) {
+  SCOPED_TRACE(json);
+  ConfigResult r = parseConfig(json);
+  EXPECT_TRUE(r.errors.empty()) << dump(r);
+  EXPECT_TRUE(r.config.has_value());
+  return r.config.value_or(Config{});
+}
+
+std::string pool(const std::string& body) { return R"("pools": [)" + body + "]"; }
+
+// ---- valid documents -------------------------------------------------------
+
+TEST(ConfigDefault, ParsesWithZeroErrors) {
+  ConfigResult r = parseConfig(defaultConfigJson());
+  ASSERT_TRUE(r.errors.empty()) << dump(r);
+  ASSERT_TRUE(r.config.has_value());
+  const Config& c = *r.config;
+  EXPECT_EQ(c.workers, 0u);
+  ASSERT_EQ(c.listeners.size(), 1u);
+  EXPECT_EQ(c.listeners[0].name, "public");
+  EXPECT_EQ(c.listeners[0].address, "127.0.0.1");
+  EXPECT_EQ(c.listeners[0].port, 8080);
+  ASSERT_EQ(c.pools.size(), 1u);
+  EXPECT_EQ(c.pools[0].name, "demo");
+  EXPECT_EQ(c.pools[0].balance, BalanceAlgorithm::kRoundRobin);
+  ASSERT_EQ(c.pools[0].backends.size(), 2u);
+  EXPECT_EQ(c.pools[0].backends[0].port, 8081);
+  EXPECT_EQ(c.pools[0].backends[1].port, 8082);
+  ASSERT_EQ(c.routes.size(), 1u);
+  EXPECT_EQ(c.routes[0].pool, "demo");
+  EXPECT_EQ(c.routes[0].pathPrefix, "/");
+  EXPECT_EQ(c.timeouts.connectMs, TimeoutsConfig{}.connectMs);
+  EXPECT_EQ(c.timeouts.upstreamResponseMs, TimeoutsConfig{}.upstreamResponseMs);
+  EXPECT_EQ(c.limits.maxHeaderBytes, LimitsConfig{}.maxHeaderBytes);
+  EXPECT_EQ(c.logging.accessLog, "-");
+}
+
+std::filesystem::path exampleFile() {
+  if (const char* src = std::getenv("MOAT_SOURCE_DIR")) {
+    return std::filesystem::path(src) / "examples" / "moat.json";
+  }
+  return std::filesystem::path(__FILE__).parent_path() / ".." / ".." / "examples" / "moat.json";
+}
+
+TEST(ConfigExample, ExampleFileParses) {
+  ConfigResult r = loadConfigFile(exampleFile().string());
+  ASSERT_TRUE(r.errors.empty()) << exampleFile() << "\n" << dump(r);
+  const Config& c = *r.config;
+  EXPECT_EQ(c.listeners.size(), 2u);
+  ASSERT_EQ(c.pools.size(), 3u);
+  EXPECT_EQ(c.pools[0].balance, BalanceAlgorithm::kRoundRobin);
+  EXPECT_EQ(c.pools[1].balance, BalanceAlgorithm::kLeastConnections);
+  EXPECT_EQ(c.pools[2].balance, BalanceAlgorithm::kMaglev);
+  EXPECT_GE(c.routes.size(), 3u);
+}
+
+TEST(ConfigValid, MinimalDocumentGetsDefaults) {
+  Config c = expectValid(doc());
+  ASSERT_EQ(c.listeners.size(), 1u);
+  EXPECT_EQ(c.listeners[0].name, "127.0.0.1:8080");
+  EXPECT_EQ(c.listeners[0].protocol, ListenerProtocol::kHttp);
+  EXPECT_TRUE(c.pools.empty());
+  EXPECT_TRUE(c.routes.empty());
+  EXPECT_EQ(c.workers, 0u);
+  EXPECT_EQ(c.timeouts.idleMs, 60000u);
+  EXPECT_EQ(c.limits.maxHeaders, 100u);
+  EXPECT_EQ(c.logging.level, LogLevel::kInfo);
+}
+
+TEST(ConfigValid, Ipv6ListenerDefaultNameIsBracketed) {
+  Config c = expectValid(R"({"listeners": [{"address": "::1", "port": 80}]})");
+  EXPECT_EQ(c.listeners[0].name, "[::1]:80");
+}
+
+TEST(ConfigValid, FieldsAreStored) {
+  Config c = expectValid(doc(R"("workers": 256,
+    "pools": [{"name": "p", "balance": "maglev", "maglevTableSize": 251,
+               "backends": [{"address": "::1", "port": 65535, "weight": 1000},
+                            {"address": "10.0.0.1", "port": 1, "weight": 0}]}],
+    "routes": [{"host": "Example.COM", "pathPrefix": "/api/", "pool": "p"},
+               {"pool": "p"}],
+    "timeouts": {"connectMs": 1, "requestHeaderMs": 3600000, "idleMs": 5,
+                 "upstreamResponseMs": 6},
+    "limits": {"maxHeaderBytes": 1024, "maxRequestLine": 1024, "maxHeaders": 128},
+    "logging": {"level": "debug", "accessLog": ""})"));
+  EXPECT_EQ(c.workers, 256u);
+  const PoolConfig& p = c.pools.at(0);
+  EXPECT_EQ(p.balance, BalanceAlgorithm::kMaglev);
+  EXPECT_EQ(p.maglevTableSize, 251u);
+  EXPECT_EQ(p.backends.at(0).address, "::1");
+  EXPECT_EQ(p.backends.at(0).port, 65535);
+  EXPECT_EQ(p.backends.at(0).weight, 1000u);
+  EXPECT_EQ(p.backends.at(1).weight, 0u);
+  EXPECT_EQ(c.routes.at(0).host, "example.com");
+  EXPECT_EQ(c.routes.at(0).pathPrefix, "/api/");
+  EXPECT_EQ(c.routes.at(1).host, "");
+  EXPECT_EQ(c.routes.at(1).pathPrefix, "/");
+  EXPECT_EQ(c.timeouts.connectMs, 1u);
+  EXPECT_EQ(c.timeouts.requestHeaderMs, 3600000u);
+  EXPECT_EQ(c.timeouts.idleMs, 5u);
+  EXPECT_EQ(c.timeouts.upstreamResponseMs, 6u);
+  EXPECT_EQ(c.limits.maxHeaderBytes, 1024u);
+  EXPECT_EQ(c.limits.maxRequestLine, 1024u);
+  EXPECT_EQ(c.limits.maxHeaders, 128u);
+  EXPECT_EQ(c.logging.level, LogLevel::kDebug);
+  EXPECT_EQ(c.logging.accessLog, "");
+}
+
+TEST(ConfigValid, NonMaglevPoolIgnoresSmallTableSize) {
+  expectValid(doc(pool(R"({"name": "p", "maglevTableSize": 3,
+      "backends": [{"address": "10.0.0.1", "port": 1}, {"address": "10.0.0.2", "port": 1},
+                   {"address": "10.0.0.3", "port": 1}]})")));
+}
+
+// ---- syntax ------------------------------------------------------------------
+
+TEST(ConfigSyntax, InvalidJsonIsOneErrorWithBytePosition) {
+  ConfigResult r = parseConfig(R"({"workers": 1,, })");
+  ASSERT_EQ(r.errors.size(), 1u) << dump(r);
+  EXPECT_EQ(r.errors[0].path, "");
+  EXPECT_NE(r.errors[0].message.find("byte 15"), std::string::npos) << dump(r);
+  EXPECT_NE(r.errors[0].message.find("parse error"), std::string::npos) << dump(r);
+  EXPECT_FALSE(r.config.has_value());
+}
+
+TEST(ConfigSyntax, EmptyDocument) {
+  expectError("", "", "invalid JSON");
+}
+
+TEST(ConfigSyntax, TopLevelMustBeObject) {
+  expectError("[1, 2]", "", "expected an object, got array");
+}
+
+TEST(ConfigSyntax, DuplicateKey) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80, "port": 81}]})",
+              "listeners[0].port", "duplicate field");
+}
+
+TEST(ConfigSyntax, DeeplyNestedDocumentDoesNotCrash) {
+  std::string deep = std::string(5000, '[') + std::string(5000, ']');
+  expectError(deep, "", "expected an object, got array");
+}
+
+// ---- types -------------------------------------------------------------------
+
+TEST(ConfigTypes, StringGotNumber) {
+  expectError(R"({"listeners": [{"address": 5, "port": 80}]})", "listeners[0].address",
+              "expected a string, got number");
+}
+
+TEST(ConfigTypes, IntegerGotString) {
+  expectError(doc(R"("workers": "4")"), "workers", "expected an integer, got string");
+}
+
+TEST(ConfigTypes, IntegerGotFraction) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80.5}]})",
+              "listeners[0].port", "expected an integer, got 80.5");
+}
+
+TEST(ConfigTypes, IntegerGotBoolean) {
+  expectError(doc(R"("workers": true)"), "workers", "expected an integer, got boolean");
+}
+
+TEST(ConfigTypes, ArrayGotObject) {
+  expectError(doc(R"("pools": {})"), "pools", "expected an array, got object");
+}
+
+TEST(ConfigTypes, ObjectGotNull) {
+  expectError(doc(R"("timeouts": null)"), "timeouts", "expected an object, got null");
+}
+
+TEST(ConfigTypes, ArrayElementGotString) {
+  expectError(doc(R"("routes": ["/"])"), "routes[0]", "expected an object, got string");
+}
+
+// ---- required fields ---------------------------------------------------------
+
+TEST(ConfigRequired, ListenersMissing) {
+  expectError(R"({"workers": 1})", "listeners", "missing required field");
+}
+
+TEST(ConfigRequired, ListenersEmpty) {
+  expectError(R"({"listeners": []})", "listeners", "at least one listener is required");
+}
+
+TEST(ConfigRequired, ListenerAddress) {
+  expectError(R"({"listeners": [{"port": 80}]})", "listeners[0].address",
+              "missing required field");
+}
+
+TEST(ConfigRequired, ListenerPort) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1"}]})", "listeners[0].port",
+              "missing required field");
+}
+
+TEST(ConfigRequired, PoolName) {
+  expectError(doc(pool(R"({"backends": []})")), "pools[0].name", "missing required field");
+}
+
+TEST(ConfigRequired, BackendAddress) {
+  expectError(doc(pool(R"({"name": "p", "backends": [{"port": 1}]})")),
+              "pools[0].backends[0].address", "missing required field");
+}
+
+TEST(ConfigRequired, BackendPort) {
+  expectError(doc(pool(R"({"name": "p", "backends": [{"address": "10.0.0.1"}]})")),
+              "pools[0].backends[0].port", "missing required field");
+}
+
+TEST(ConfigRequired, RoutePool) {
+  expectError(doc(R"("routes": [{"host": "*"}])"), "routes[0].pool", "missing required field");
+}
+
+// ---- unknown fields ----------------------------------------------------------
+
+TEST(ConfigUnknown, TopLevel) {
+  expectError(doc(R"("worker": 1)"), "worker", "unknown field");
+}
+
+TEST(ConfigUnknown, Listener) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80, "tls": true}]})",
+              "listeners[0].tls", "unknown field");
+}
+
+TEST(ConfigUnknown, Pool) {
+  expectError(doc(pool(R"({"name": "p", "algorithm": "maglev"})")), "pools[0].algorithm",
+              "unknown field");
+}
+
+TEST(ConfigUnknown, Backend) {
+  expectError(doc(pool(R"({"name": "p", "backends": [{"address": "::1", "port": 1, "w": 1}]})")),
+              "pools[0].backends[0].w", "unknown field");
+}
+
+TEST(ConfigUnknown, Route) {
+  expectError(doc(R"("pools": [{"name": "p"}], "routes": [{"pool": "p", "path": "/"}])"),
+              "routes[0].path", "unknown field");
+}
+
+TEST(ConfigUnknown, TimeoutsLimitsLogging) {
+  expectError(doc(R"("timeouts": {"readMs": 1})"), "timeouts.readMs", "unknown field");
+  expectError(doc(R"("limits": {"maxBody": 1})"), "limits.maxBody", "unknown field");
+  expectError(doc(R"("logging": {"format": "json"})"), "logging.format", "unknown field");
+}
+
+// ---- addresses and ports -----------------------------------------------------
+
+TEST(ConfigAddress, HostnameRejected) {
+  expectError(R"({"listeners": [{"address": "localhost", "port": 80}]})",
+              "listeners[0].address", "hostnames are not supported");
+}
+
+TEST(ConfigAddress, BadLiterals) {
+  expectError(R"({"listeners": [{"address": "256.0.0.1", "port": 80}]})",
+              "listeners[0].address", "\"256.0.0.1\" is not an IPv4 or IPv6 address literal");
+  expectError(doc(pool(R"({"name": "p", "backends": [{"address": "[::1]", "port": 1}]})")),
+              "pools[0].backends[0].address", "is not an IPv4 or IPv6 address literal");
+}
+
+TEST(ConfigPort, TooLarge) {
+  ConfigResult r = parseConfig(
+      doc(pool(R"({"name": "p", "backends": [{"address": "10.0.0.1", "port": 1},
+          {"address": "10.0.0.2", "port": 2}, {"address": "10.0.0.3", "port": 70000}]})")));
+  ASSERT_EQ(r.errors.size(), 1u) << dump(r);
+  EXPECT_EQ(r.errors[0].path, "pools[0].backends[2].port");
+  EXPECT_EQ(r.errors[0].message, "70000 is not a port");
+  EXPECT_EQ(r.errors[0].toString(), "pools[0].backends[2].port: 70000 is not a port");
+}
+
+TEST(ConfigPort, ZeroAndNegative) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 0}]})", "listeners[0].port",
+              "0 is not a port");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": -1}]})", "listeners[0].port",
+              "-1 is not a port");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 18446744073709551615}]})",
+              "listeners[0].port", "18446744073709551615 is not a port");
+}
+
+// ---- duplicates --------------------------------------------------------------
+
+TEST(ConfigDuplicate, ListenerEndpoint) {
+  expectError(R"({"listeners": [{"name": "a", "address": "::1", "port": 80},
+                                {"name": "b", "address": "0:0::1", "port": 80}]})",
+              "listeners[1]", "duplicate listener [::1]:80 (also listeners[0])");
+}
+
+TEST(ConfigDuplicate, ListenerName) {
+  expectError(R"({"listeners": [{"name": "a", "address": "127.0.0.1", "port": 80},
+                                {"name": "a", "address": "127.0.0.1", "port": 81}]})",
+              "listeners[1].name", "duplicate listener name \"a\" (also listeners[0])");
+}
+
+TEST(ConfigDuplicate, PoolName) {
+  expectError(doc(R"("pools": [{"name": "p"}, {"name": "q"}, {"name": "p"}])"), "pools[2].name",
+              "duplicate pool name \"p\" (also pools[0])");
+}
+
+TEST(ConfigDuplicate, RouteSameHostAndPrefix) {
+  expectError(doc(R"("pools": [{"name": "p"}], "routes": [
+                     {"host": "A.example", "pathPrefix": "/x", "pool": "p"},
+                     {"host": "a.example", "pathPrefix": "/x", "pool": "p"}])"),
+              "routes[1]", "duplicate route");
+}
+
+TEST(ConfigDuplicate, RouteEmptyHostEqualsStar) {
+  expectError(doc(R"("pools": [{"name": "p"}], "routes": [
+                     {"pool": "p"}, {"host": "*", "pathPrefix": "/", "pool": "p"}])"),
+              "routes[1]", "(also routes[0])");
+}
+
+// ---- references and enumerations -------------------------------------------
+
+TEST(ConfigReference, RouteToUnknownPool) {
+  expectError(doc(R"("pools": [{"name": "p"}], "routes": [{"pool": "x"}])"), "routes[0].pool",
+              "no pool named \"x\"");
+}
+
+TEST(ConfigReference, RouteMayPrecedePools) {
+  expectValid(doc(R"("routes": [{"pool": "p"}], "pools": [{"name": "p"}])"));
+}
+
+TEST(ConfigEnum, UnknownBalance) {
+  expectError(doc(pool(R"({"name": "p", "balance": "random"})")), "pools[0].balance",
+              "unknown balance \"random\" (allowed: round_robin, least_connections, maglev)");
+}
+
+TEST(ConfigEnum, UnknownProtocol) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80, "protocol": "https"}]})",
+              "listeners[0].protocol", "unknown protocol \"https\" (allowed: http)");
+}
+
+TEST(ConfigEnum, UnknownLogLevel) {
+  expectError(doc(R"("logging": {"level": "verbose"})"), "logging.level",
+              "unknown log level \"verbose\" (allowed: debug, info, warn, error)");
+}
+
+// ---- ranges ------------------------------------------------------------------
+
+TEST(ConfigRange, Weight) {
+  expectError(doc(pool(R"({"name": "p", "backends": [{"address": "::1", "port": 1,
+                                                        "weight": 1001}]})")),
+              "pools[0].backends[0].weight", "must be 0..1000, got 1001");
+}
+
+TEST(ConfigRange, MaglevTableSizeNotPrime) {
+  expectError(doc(pool(R"({"name": "p", "balance": "maglev", "maglevTableSize": 65536})")),
+              "pools[0].maglevTableSize", "65536 is not prime");
+}
+
+TEST(ConfigRange, MaglevTableSizeNotLargerThanBackends) {
+  expectError(doc(pool(R"({"name": "p", "balance": "maglev", "maglevTableSize": 3,
+      "backends": [{"address": "10.0.0.1", "port": 1}, {"address": "10.0.0.2", "port": 1},
+                   {"address": "10.0.0.3", "port": 1}]})")),
+              "pools[0].maglevTableSize", "3 must be larger than the number of backends (3)");
+}
+
+TEST(ConfigRange, MaglevTableSizeTooLarge) {
+  expectError(doc(pool(R"({"name": "p", "balance": "maglev", "maglevTableSize": 4294967291})")),
+              "pools[0].maglevTableSize", "must be 2..1000003");
+}
+
+TEST(ConfigRange, Timeouts) {
+  for (const char* field : {"connectMs", "requestHeaderMs", "idleMs", "upstreamResponseMs"}) {
+    std::string f = field;
+    expectError(doc(R"("timeouts": {")" + f + R"(": 0})"), "timeouts." + f,
+                "must be 1..3600000 ms, got 0");
+    expectError(doc(R"("timeouts": {")" + f + R"(": 3600001})"), "timeouts." + f,
+                "must be 1..3600000 ms, got 3600001");
+  }
+}
+
+TEST(ConfigRange, MaxHeaderBytes) {
+  expectError(doc(R"("limits": {"maxHeaderBytes": 1023, "maxRequestLine": 256})"),
+              "limits.maxHeaderBytes", "must be 1024..1048576 bytes, got 1023");
+  expectError(doc(R"("limits": {"maxHeaderBytes": 1048577})"), "limits.maxHeaderBytes",
+              "must be 1024..1048576 bytes, got 1048577");
+}
+
+TEST(ConfigRange, MaxRequestLine) {
+  expectError(doc(R"("limits": {"maxRequestLine": 255})"), "limits.maxRequestLine",
+              "must be 256..32768 bytes (the default maxHeaderBytes), got 255");
+  // Bounded by maxHeaderBytes even when that comes later in the object.
+  expectError(doc(R"("limits": {"maxRequestLine": 4096, "maxHeaderBytes": 2048})"),
+              "limits.maxRequestLine", "must be 256..2048 bytes (maxHeaderBytes), got 4096");
+}
+
+TEST(ConfigRange, MaxHeaders) {
+  expectError(doc(R"("limits": {"maxHeaders": 0})"), "limits.maxHeaders", "must be 1..128");
+  expectError(doc(R"("limits": {"maxHeaders": 129})"), "limits.maxHeaders", "got 129");
+}
+
+TEST(ConfigRange, Workers) {
+  expectError(doc(R"("workers": 257)"), "workers", "must be 0..256, got 257");
+  expectError(doc(R"("workers": -1)"), "workers", "must be 0..256, got -1");
+}
+
+TEST(ConfigRange, PathPrefixMustStartWithSlash) {
+  expectError(doc(R"("pools": [{"name": "p"}], "routes": [{"pathPrefix": "api", "pool": "p"}])"),
+              "routes[0].pathPrefix", "must start with \"/\"");
+  expectError(doc(R"("pools": [{"name": "p"}], "routes": [{"pathPrefix": "", "pool": "p"}])"),
+              "routes[0].pathPrefix", "must start with \"/\"");
+}
+
+// ---- many errors -------------------------------------------------------------
+
+TEST(ConfigMulti, EveryErrorInDocumentOrder) {
+  ConfigResult r = parseConfig(R"({
+    "workers": 999,
+    "listeners": [
+      {"address": "localhost", "port": 70000, "colour": "red"},
+      {"name": "x", "address": "10.0.0.1"}
+    ],
+    "pools": [
+      {"name": "p", "balance": "fastest", "backends": [
+        {"address": "10.0.0.1", "port": 0, "weight": 5000},
+        {"port": "80"}
+      ]},
+      {"name": "p", "balance": "maglev", "maglevTableSize": 100}
+    ],
+    "routes": [
+      {"host": "*", "pathPrefix": "nope", "pool": "missing"}
+    ],
+    "timeouts": {"connectMs": 0},
+    "limits": {"maxHeaders": 1000},
+    "logging": {"level": "loud", "accessLog": 1}
+  })");
+  EXPECT_FALSE(r.config.has_value());
+  const std::vector<std::pair<std::string, std::string>> want = {
+      {"workers", "must be 0..256"},
+      {"listeners[0].address", "hostnames are not supported"},
+      {"listeners[0].port", "70000 is not a port"},
+      {"listeners[0].colour", "unknown field"},
+      {"listeners[1].port", "missing required field"},
+      {"pools[0].balance", "unknown balance"},
+      {"pools[0].backends[0].port", "0 is not a port"},
+      {"pools[0].backends[0].weight", "must be 0..1000"},
+      {"pools[0].backends[1].port", "expected an integer, got string"},
+      {"pools[0].backends[1].address", "missing required field"},
+      {"pools[1].name", "duplicate pool name"},
+      {"pools[1].maglevTableSize", "100 is not prime"},
+      {"routes[0].pathPrefix", "must start with \"/\""},
+      {"routes[0].pool", "no pool named \"missing\""},
+      {"timeouts.connectMs", "must be 1..3600000"},
+      {"limits.maxHeaders", "must be 1..128"},
+      {"logging.level", "unknown log level"},
+      {"logging.accessLog", "expected a string, got number"},
+  };
+  ASSERT_EQ(r.errors.size(), want.size()) << dump(r);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(r.errors[i].path, want[i].first) << i << "\n" << dump(r);
+    EXPECT_NE(r.errors[i].message.find(want[i].second), std::string::npos)
+        << i << "\n" << dump(r);
+  }
+}
+
+// ---- files -------------------------------------------------------------------
+
+TEST(ConfigFile, MissingFileIsOneError) {
+  const std::string path = "/nonexistent/moat-config-test.json";
+  ConfigResult r = loadConfigFile(path);
+  ASSERT_EQ(r.errors.size(), 1u) << dump(r);
+  EXPECT_EQ(r.errors[0].path, "");
+  EXPECT_NE(r.errors[0].message.find(path), std::string::npos) << dump(r);
+  EXPECT_NE(r.errors[0].message.find(std::strerror(ENOENT)), std::string::npos) << dump(r);
+  EXPECT_FALSE(r.config.has_value());
+}
+
+TEST(ConfigFile, DirectoryIsOneError) {
+  ConfigResult r = loadConfigFile("/");
+  ASSERT_EQ(r.errors.size(), 1u) << dump(r);
+  EXPECT_EQ(r.errors[0].path, "");
+  EXPECT_NE(r.errors[0].message.find(std::strerror(EISDIR)), std::string::npos) << dump(r);
+}
+
+TEST(ConfigFile, ReadsAndValidates) {
+  std::filesystem::path p = std::filesystem::temp_directory_path() /
+                            ("moat-config-test-" + std::to_string(::getpid()) + ".json");
+  {
+    std::ofstream out(p);
+    out << doc(R"("workers": 300)");
+  }
+  ConfigResult r = loadConfigFile(p.string());
+  std::filesystem::remove(p);
+  ASSERT_EQ(r.errors.size(), 1u) << dump(r);
+  EXPECT_EQ(r.errors[0].path, "workers");
+}
+
+TEST(ConfigNames, ToString) {
+  EXPECT_STREQ(toString(BalanceAlgorithm::kRoundRobin), "round_robin");
+  EXPECT_STREQ(toString(BalanceAlgorithm::kLeastConnections), "least_connections");
+  EXPECT_STREQ(toString(BalanceAlgorithm::kMaglev), "maglev");
+  EXPECT_STREQ(toString(ListenerProtocol::kHttp), "http");
+  EXPECT_STREQ(toString(LogLevel::kWarn), "warn");
+  EXPECT_EQ((ConfigError{"", "bad"}).toString(), "bad");
+}
+
+}  // namespace
+}  // namespace moat::control

@@ -1,0 +1,470 @@
+#!/usr/bin/env python3
+"""Integration tests: moatd in front of real backend processes on loopback.
+
+Each test class starts what it needs (backends, moatd with a generated
+config) and stops it. Binaries come from MOAT_BIN_DIR (set by CTest).
+"""
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import http.client
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN_DIR = os.environ.get("MOAT_BIN_DIR", os.path.join(HERE, "..", "..", "build", "release", "apps"))
+MOATD = os.path.join(BIN_DIR, "moatd")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+class Backend:
+    def __init__(self, name):
+        self.port = free_port()
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "backend.py"), "--port", str(self.port), "--name", name],
+            stdout=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class Moatd:
+    def __init__(self, config, workers=2):
+        self.dir = tempfile.mkdtemp(prefix="moat-it-")
+        self.port = config["listeners"][0]["port"]
+        self.config_path = os.path.join(self.dir, "moat.json")
+        self.access_log = os.path.join(self.dir, "access.log")
+        config.setdefault("logging", {})["accessLog"] = self.access_log
+        config["workers"] = workers
+        self.write(config)
+        self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
+        self.proc = subprocess.Popen([MOATD, "--config", self.config_path], stderr=self.stderr)
+        wait_port(self.port)
+
+    def write(self, config):
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(config, f)
+        os.replace(tmp, self.config_path)
+
+    def log(self):
+        self.stderr.flush()
+        self.stderr.seek(0)
+        return self.stderr.read()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=20)
+        return rc
+
+
+def base_config(port, pools, routes=None, timeouts=None):
+    cfg = {
+        "listeners": [{"name": "public", "address": "127.0.0.1", "port": port, "protocol": "http"}],
+        "pools": pools,
+        "routes": routes or [{"host": "*", "pathPrefix": "/", "pool": pools[0]["name"]}],
+    }
+    if timeouts:
+        cfg["timeouts"] = timeouts
+    return cfg
+
+
+def raw_exchange(port, data, read_until_close=True, timeout=10):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    chunks = []
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+            if not read_until_close:
+                break
+    except socket.timeout:
+        pass
+    s.close()
+    return b"".join(chunks)
+
+
+def read_response(sock_file):
+    """Reads one HTTP/1.1 response (CL or chunked) from a file-like socket."""
+    status_line = sock_file.readline()
+    if not status_line:
+        return None
+    status = int(status_line.split()[1])
+    headers = {}
+    while True:
+        line = sock_file.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, v = line.decode().split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    body = b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int(sock_file.readline().split(b";")[0], 16)
+            if size == 0:
+                sock_file.readline()
+                break
+            body += sock_file.read(size)
+            sock_file.readline()
+    elif "content-length" in headers:
+        body = sock_file.read(int(headers["content-length"]))
+    return status, headers, body
+
+
+class ProxyTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.b1 = Backend("b1")
+        cls.b2 = Backend("b2")
+        cls.dead_port = free_port()  # nothing listens here
+        cls.port = free_port()
+        pools = [
+            {"name": "main", "balance": "round_robin", "backends": [
+                {"address": "127.0.0.1", "port": cls.b1.port},
+                {"address": "127.0.0.1", "port": cls.b2.port}]},
+            {"name": "dead", "backends": [{"address": "127.0.0.1", "port": cls.dead_port}]},
+            {"name": "empty", "backends": []},
+            {"name": "sticky", "balance": "maglev", "backends": [
+                {"address": "127.0.0.1", "port": cls.b1.port},
+                {"address": "127.0.0.1", "port": cls.b2.port}]},
+            {"name": "least", "balance": "least_connections", "backends": [
+                {"address": "127.0.0.1", "port": cls.b1.port},
+                {"address": "127.0.0.1", "port": cls.b2.port}]},
+        ]
+        routes = [
+            {"host": "*", "pathPrefix": "/dead", "pool": "dead"},
+            {"host": "*", "pathPrefix": "/empty", "pool": "empty"},
+            {"host": "sticky.example", "pathPrefix": "/", "pool": "sticky"},
+            {"host": "least.example", "pathPrefix": "/", "pool": "least"},
+            {"host": "*", "pathPrefix": "/", "pool": "main"},
+        ]
+        cls.config = base_config(cls.port, pools, routes,
+                                 {"upstreamResponseMs": 700, "connectMs": 1000,
+                                  "requestHeaderMs": 1000, "idleMs": 5000})
+        cls.moatd = Moatd(cls.config)
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.moatd.stop()
+        cls.b1.stop()
+        cls.b2.stop()
+        assert rc == 0, f"moatd exited {rc}"
+
+    def conn(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def request(self, method, path, body=None, headers=None):
+        c = self.conn()
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r, data
+
+    def test_get_empty_body_round_robin(self):
+        seen = set()
+        for _ in range(4):
+            r, data = self.request("GET", "/hello")
+            self.assertEqual(r.status, 200)
+            info = json.loads(data)
+            self.assertEqual(info["path"], "/hello")
+            self.assertEqual(info["body_length"], 0)
+            seen.add(info["backend"])
+        self.assertEqual(seen, {"b1", "b2"})
+
+    def test_post_bodies(self):
+        for size in (0, 1024, 10 * 1024 * 1024):
+            body = os.urandom(size)
+            r, data = self.request("POST", "/upload", body=body,
+                                   headers={"Content-Type": "application/octet-stream"})
+            self.assertEqual(r.status, 200, size)
+            info = json.loads(data)
+            self.assertEqual(info["body_length"], size)
+            self.assertEqual(info["body_sha256"], hashlib.sha256(body).hexdigest())
+
+    def test_large_response(self):
+        r, data = self.request("GET", "/size/10485760")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(len(data), 10485760)
+
+    def test_chunked_request_body(self):
+        payload = b"".join(os.urandom(n) for n in (1, 100, 5000, 70000))
+        chunks = b""
+        off = 0
+        for n in (1, 100, 5000, 70000):
+            chunks += b"%x;ext=1\r\n" % n + payload[off:off + n] + b"\r\n"
+            off += n
+        req = (b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+               b"Connection: close\r\n\r\n" + chunks + b"0\r\n\r\n")
+        resp = raw_exchange(self.port, req)
+        self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp[:200])
+        info = json.loads(resp.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(info["body_length"], len(payload))
+        self.assertEqual(info["body_sha256"], hashlib.sha256(payload).hexdigest())
+
+    def test_chunked_response(self):
+        r, data = self.request("GET", "/chunked/123457")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Transfer-Encoding"), "chunked")
+        self.assertEqual(data, b"y" * 123457)
+
+    def test_response_until_close(self):
+        r, data = self.request("GET", "/close")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(data, b"z" * 5000)
+
+    def test_keep_alive_reuses_client_connection(self):
+        c = self.conn()
+        for i in range(20):
+            c.request("GET", f"/ka/{i}")
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(json.loads(r.read())["path"], f"/ka/{i}")
+        # Still the same TCP connection: http.client reconnects silently, so
+        # check the socket object stayed.
+        sock = c.sock
+        c.request("GET", "/ka/last")
+        c.getresponse().read()
+        self.assertIs(c.sock, sock)
+        c.close()
+
+    def test_pipelining_in_order(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        reqs = b"".join(b"GET /p/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+        s.sendall(reqs)
+        f = s.makefile("rb")
+        for i in range(5):
+            status, headers, body = read_response(f)
+            self.assertEqual(status, 200)
+            self.assertEqual(json.loads(body)["path"], f"/p/{i}")
+        s.close()
+
+    def test_split_request_across_reads(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        req = b"GET /split HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n"
+        for i in range(0, len(req), 777):
+            s.sendall(req[i:i + 777])
+            time.sleep(0.001)
+        status, headers, body = read_response(s.makefile("rb"))
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["path"], "/split")
+        s.close()
+
+    def test_forwarding_headers(self):
+        r, data = self.request("GET", "/headers", headers={
+            "X-Forwarded-For": "203.0.113.7", "Connection": "keep-alive, X-Secret",
+            "X-Secret": "hop", "Keep-Alive": "timeout=5", "TE": "trailers"})
+        self.assertEqual(r.status, 200)
+        hdrs = {k.lower(): v for k, v in json.loads(data)["headers"]}
+        self.assertEqual(hdrs["x-forwarded-for"], "203.0.113.7, 127.0.0.1")
+        self.assertEqual(hdrs["x-forwarded-proto"], "http")
+        self.assertRegex(hdrs["x-request-id"], r"^[0-9a-f]{32}$")
+        for hop in ("x-secret", "keep-alive", "te"):
+            self.assertNotIn(hop, hdrs)
+        self.assertEqual(r.getheader("X-Request-Id"), None)  # backend does not echo it
+
+    def test_request_id_kept_when_given(self):
+        r, data = self.request("GET", "/headers", headers={"X-Request-Id": "abc-123"})
+        hdrs = {k.lower(): v for k, v in json.loads(data)["headers"]}
+        self.assertEqual(hdrs["x-request-id"], "abc-123")
+
+    def test_backend_down_502(self):
+        r, data = self.request("GET", "/dead/x")
+        self.assertEqual(r.status, 502)
+        self.assertIn(b"127.0.0.1:%d" % self.dead_port, data)
+        self.assertIn(b"refused", data.lower())
+
+    def test_no_backends_503(self):
+        r, data = self.request("GET", "/empty/x")
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"empty", data)
+
+    def test_slow_backend_504(self):
+        r, data = self.request("GET", "/slow/3000")
+        self.assertEqual(r.status, 504)
+        self.assertIn(b"did not respond", data)
+
+    def test_bad_request_400_and_close(self):
+        resp = raw_exchange(self.port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertTrue(resp.startswith(b"HTTP/1.1 400"), resp)
+        self.assertIn(b"Connection: close", resp)
+        self.assertEqual(resp.count(b"HTTP/1.1"), 1)  # nothing smuggled through
+
+    def test_unknown_coding_501(self):
+        resp = raw_exchange(self.port, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        self.assertTrue(resp.startswith(b"HTTP/1.1 501"), resp)
+
+    def test_header_too_large_431(self):
+        resp = raw_exchange(self.port, b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 40000 + b"\r\n\r\n")
+        self.assertTrue(resp.startswith(b"HTTP/1.1 431"), resp[:100])
+
+    def test_header_timeout_408(self):
+        resp = raw_exchange(self.port, b"GET / HTTP/1.1\r\nHost: a\r\n")
+        self.assertTrue(resp.startswith(b"HTTP/1.1 408"), resp)
+
+    def test_maglev_is_sticky_per_client(self):
+        backends = set()
+        for _ in range(6):
+            r, data = self.request("GET", "/m", headers={"Host": "sticky.example"})
+            backends.add(json.loads(data)["backend"])
+        self.assertEqual(len(backends), 1)
+
+    def test_least_connections_spreads_concurrent_requests(self):
+        # Two slow requests at once must land on different backends.
+        results = []
+
+        def one():
+            r, data = self.request("GET", "/slow/300", headers={"Host": "least.example"})
+            results.append(r.getheader("X-Backend"))
+
+        ts = [threading.Thread(target=one) for _ in range(2)]
+        for t in ts:
+            t.start()
+            time.sleep(0.05)
+        for t in ts:
+            t.join()
+        self.assertEqual(sorted(results), ["b1", "b2"])
+
+    def test_access_log_json(self):
+        self.request("GET", "/logged?q=1")
+        deadline = time.time() + 5
+        line = None
+        while time.time() < deadline and line is None:
+            with open(self.moatd.access_log) as f:
+                for l in f:
+                    rec = json.loads(l)
+                    if rec["target"] == "/logged?q=1":
+                        line = rec
+            time.sleep(0.05)
+        self.assertIsNotNone(line)
+        self.assertEqual(line["status"], 200)
+        self.assertEqual(line["method"], "GET")
+        self.assertEqual(line["client"], "127.0.0.1")
+        self.assertIn(line["upstream"], (f"127.0.0.1:{self.b1.port}", f"127.0.0.1:{self.b2.port}"))
+        self.assertRegex(line["request_id"], r"^[0-9a-f]{32}$")
+
+
+class ReloadTest(unittest.TestCase):
+    def test_reload_under_load_loses_nothing(self):
+        b1, b2 = Backend("r1"), Backend("r2")
+        port = free_port()
+        def cfg(w1, w2):
+            return base_config(port, [{"name": "p", "balance": "round_robin", "backends": [
+                {"address": "127.0.0.1", "port": b1.port, "weight": w1},
+                {"address": "127.0.0.1", "port": b2.port, "weight": w2}]}])
+        m = Moatd(cfg(1, 1))
+        failures = []
+        counts = {"ok": 0}
+        stop = threading.Event()
+
+        def load():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            n = 0
+            while not stop.is_set() and n < 3000:
+                n += 1
+                try:
+                    c.request("GET", "/r")
+                    r = c.getresponse()
+                    r.read()
+                    if r.status != 200:
+                        failures.append(r.status)
+                    else:
+                        counts["ok"] += 1
+                except Exception as e:  # noqa: BLE001 - any failure counts
+                    failures.append(repr(e))
+                    c.close()
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.close()
+
+        ts = [threading.Thread(target=load) for _ in range(4)]
+        for t in ts:
+            t.start()
+        try:
+            for i in range(10):
+                time.sleep(0.1)
+                m.write(cfg(1 + i % 3, 3 - i % 3))
+                m.proc.send_signal(signal.SIGHUP)
+            # A broken document is refused and the old config keeps serving.
+            with open(m.config_path, "w") as f:
+                f.write('{"listeners": [], "pools": [{"name": 5}]}')
+            m.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in ts:
+                t.join()
+        log = m.log()
+        rc = m.stop()
+        b1.stop()
+        b2.stop()
+        self.assertEqual(failures, [])
+        self.assertGreater(counts["ok"], 100)
+        self.assertIn("config version 11 applied", log)
+        self.assertIn("reload rejected", log)
+        self.assertEqual(rc, 0)
+
+
+class CheckTest(unittest.TestCase):
+    def test_check_reports_every_error_with_path(self):
+        d = tempfile.mkdtemp()
+        p = os.path.join(d, "bad.json")
+        with open(p, "w") as f:
+            json.dump({"listeners": [{"address": "127.0.0.1", "port": 8080}],
+                       "pools": [{"name": "a", "backends": [
+                           {"address": "127.0.0.1", "port": 1},
+                           {"address": "127.0.0.1", "port": 2},
+                           {"address": "127.0.0.1", "port": 70000}]}],
+                       "routes": [{"pathPrefix": "/", "pool": "nope"}]}, f)
+        r = subprocess.run([MOATD, "--check", p], capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("pools[0].backends[2].port: 70000 is not a port", r.stderr)
+        self.assertIn("routes[0].pool", r.stderr)
+
+    def test_check_accepts_example(self):
+        ex = os.path.join(HERE, "..", "..", "examples", "moat.json")
+        r = subprocess.run([MOATD, "--check", ex], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_invalid_config_does_not_start(self):
+        d = tempfile.mkdtemp()
+        p = os.path.join(d, "bad.json")
+        with open(p, "w") as f:
+            f.write("{not json")
+        r = subprocess.run([MOATD, "--config", p], capture_output=True, text=True, timeout=20)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("not starting", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
