@@ -6,6 +6,8 @@
 // so that body bytes can be forwarded straight from the receive buffer.
 #include <liburing.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -37,6 +39,7 @@ struct Loop::Impl {
   uint32_t bufMask = 0;
   std::vector<uint16_t> refs;  // holders per buffer
   uint64_t now = 0;
+  bool disabled = false;  // created with R_DISABLED; enabled by bindToThisThread
   LoopStats stats;
 
   io_uring_sqe* sqe() {
@@ -78,8 +81,13 @@ std::unique_ptr<Loop> Loop::create(const LoopOptions& opts, std::string& err) {
   std::unique_ptr<Loop> loop(new Loop(impl));
 
   io_uring_params p{};
-  p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL;
+  // SINGLE_ISSUER binds the ring to the task that enables it: start
+  // disabled so that the worker thread, not its creator, is that task
+  // (see bindToThisThread).
+  p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
+            IORING_SETUP_R_DISABLED;
   int rc = io_uring_queue_init_params(opts.ringEntries, &impl->ring, &p);
+  if (rc == 0) impl->disabled = true;
   if (rc == -EINVAL) {
     p = io_uring_params{};
     p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL;
@@ -132,6 +140,19 @@ std::unique_ptr<Loop> Loop::create(const LoopOptions& opts, std::string& err) {
   io_uring_buf_ring_advance(impl->bufRing, static_cast<int>(opts.bufferCount));
   impl->now = monotonicMs();
   return loop;
+}
+
+bool Loop::bindToThisThread(std::string& err) {
+  if (!impl_->disabled) return true;
+  // liburing 2.3 declares io_uring_enable_rings but does not export it.
+  long rc = syscall(__NR_io_uring_register, impl_->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS,
+                    nullptr, 0);
+  if (rc < 0) {
+    err = std::string("io_uring_register(ENABLE_RINGS): ") + strerror(errno);
+    return false;
+  }
+  impl_->disabled = false;
+  return true;
 }
 
 void Loop::acceptMultishot(int listenFd, Completion* c) {

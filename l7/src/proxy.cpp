@@ -27,6 +27,8 @@
 
 #include <boost/intrusive/list.hpp>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <random>
@@ -1223,17 +1225,19 @@ struct Worker::Impl {
                                strerror(-ev.res), true);
       return;
     }
-    if (u->client == nullptr) {
-      // Idle pooled connection: the backend closed it or sent stray bytes.
-      if (u->ep.eof || !u->ep.rq.empty()) w->closeUpstream(u);
-      return;
-    }
+    // Re-arm first: a receive cancelled for back-pressure may end after the
+    // exchange finished and the connection went back to the pool.
     if (!u->ep.recvArmed && !u->ep.eof && !u->ep.paused) {
       if (ev.res == -ENOBUFS) {
         w->starvedUp.push_back(u);
       } else {
         w->armRecv(u->ep);
       }
+    }
+    if (u->client == nullptr) {
+      // Idle pooled connection: the backend closed it or sent stray bytes.
+      if (u->ep.eof || !u->ep.rq.empty()) w->closeUpstream(u);
+      return;
     }
     w->processUpstream(u);
   }
@@ -1567,6 +1571,11 @@ std::unique_ptr<Worker> Worker::create(const Options& opts, std::string& err) {
 void Worker::run(uint32_t drainMs) {
   Impl& im = *impl_;
   Impl::currentWorker = &im;
+  std::string err;
+  if (!im.loop->bindToThisThread(err)) {
+    std::fprintf(stderr, "moatd: worker %zu: %s\n", im.opts.index, err.c_str());
+    std::abort();
+  }
   if (im.wakeFd >= 0) {
     im.opts.publisher->registerWakeFd(im.opts.index, im.wakeFd);
     im.loop->readEventFd(im.wakeFd, &im.wakeValue, &im.wakeC);

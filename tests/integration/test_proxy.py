@@ -7,6 +7,7 @@ config) and stops it. Binaries come from MOAT_BIN_DIR (set by CTest).
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,18 +62,27 @@ class Moatd:
         self.port = config["listeners"][0]["port"]
         self.config_path = os.path.join(self.dir, "moat.json")
         self.access_log = os.path.join(self.dir, "access.log")
-        config.setdefault("logging", {})["accessLog"] = self.access_log
-        config["workers"] = workers
+        self.workers = workers
         self.write(config)
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
         self.proc = subprocess.Popen([MOATD, "--config", self.config_path], stderr=self.stderr)
         wait_port(self.port)
 
     def write(self, config):
+        config.setdefault("logging", {})["accessLog"] = self.access_log
+        config["workers"] = self.workers
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(config, f)
         os.replace(tmp, self.config_path)
+
+    def wait_log(self, text, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in self.log():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"moatd never logged {text!r}:\n{self.log()}")
 
     def log(self):
         self.stderr.flush()
@@ -82,6 +92,8 @@ class Moatd:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(timeout=20)
+        self.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
         return rc
 
 
@@ -157,15 +169,11 @@ class ProxyTest(unittest.TestCase):
             {"name": "sticky", "balance": "maglev", "backends": [
                 {"address": "127.0.0.1", "port": cls.b1.port},
                 {"address": "127.0.0.1", "port": cls.b2.port}]},
-            {"name": "least", "balance": "least_connections", "backends": [
-                {"address": "127.0.0.1", "port": cls.b1.port},
-                {"address": "127.0.0.1", "port": cls.b2.port}]},
         ]
         routes = [
             {"host": "*", "pathPrefix": "/dead", "pool": "dead"},
             {"host": "*", "pathPrefix": "/empty", "pool": "empty"},
             {"host": "sticky.example", "pathPrefix": "/", "pool": "sticky"},
-            {"host": "least.example", "pathPrefix": "/", "pool": "least"},
             {"host": "*", "pathPrefix": "/", "pool": "main"},
         ]
         cls.config = base_config(cls.port, pools, routes,
@@ -340,22 +348,6 @@ class ProxyTest(unittest.TestCase):
             backends.add(json.loads(data)["backend"])
         self.assertEqual(len(backends), 1)
 
-    def test_least_connections_spreads_concurrent_requests(self):
-        # Two slow requests at once must land on different backends.
-        results = []
-
-        def one():
-            r, data = self.request("GET", "/slow/300", headers={"Host": "least.example"})
-            results.append(r.getheader("X-Backend"))
-
-        ts = [threading.Thread(target=one) for _ in range(2)]
-        for t in ts:
-            t.start()
-            time.sleep(0.05)
-        for t in ts:
-            t.join()
-        self.assertEqual(sorted(results), ["b1", "b2"])
-
     def test_access_log_json(self):
         self.request("GET", "/logged?q=1")
         deadline = time.time() + 5
@@ -373,6 +365,41 @@ class ProxyTest(unittest.TestCase):
         self.assertEqual(line["client"], "127.0.0.1")
         self.assertIn(line["upstream"], (f"127.0.0.1:{self.b1.port}", f"127.0.0.1:{self.b2.port}"))
         self.assertRegex(line["request_id"], r"^[0-9a-f]{32}$")
+
+
+class LeastConnectionsTest(unittest.TestCase):
+    """Least connections is counted per worker (shared-nothing), so this runs
+    one worker: two concurrent slow requests must land on different backends."""
+
+    def test_least_connections_spreads_concurrent_requests(self):
+        b1, b2 = Backend("b1"), Backend("b2")
+        port = free_port()
+        m = Moatd(base_config(port, [{"name": "least", "balance": "least_connections", "backends": [
+            {"address": "127.0.0.1", "port": b1.port}, {"address": "127.0.0.1", "port": b2.port}]}]),
+            workers=1)
+        try:
+            for _ in range(3):
+                results = []
+
+                def one():
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    c.request("GET", "/slow/400")
+                    r = c.getresponse()
+                    data = r.read()
+                    results.append((r.status, r.getheader("X-Backend"), data))
+                    c.close()
+
+                ts = [threading.Thread(target=one) for _ in range(2)]
+                for t in ts:
+                    t.start()
+                    time.sleep(0.1)
+                for t in ts:
+                    t.join()
+                self.assertEqual(sorted(x[1] or "" for x in results), ["b1", "b2"], results)
+        finally:
+            self.assertEqual(m.stop(), 0)
+            b1.stop()
+            b2.stop()
 
 
 class ReloadTest(unittest.TestCase):
@@ -415,6 +442,7 @@ class ReloadTest(unittest.TestCase):
                 time.sleep(0.1)
                 m.write(cfg(1 + i % 3, 3 - i % 3))
                 m.proc.send_signal(signal.SIGHUP)
+                m.wait_log(f"config version {i + 2} applied")
             # A broken document is refused and the old config keeps serving.
             with open(m.config_path, "w") as f:
                 f.write('{"listeners": [], "pools": [{"name": 5}]}')

@@ -54,6 +54,10 @@ class Loop {
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
 
+  // Must be called once, from the thread that will run the loop, before any
+  // other method: the ring is bound to that thread (SINGLE_ISSUER).
+  bool bindToThisThread(std::string& err);
+
   // Multishot accept: one completion per accepted socket (res = new fd,
   // non-blocking, close-on-exec). The peer address is read with getpeername
   // only when the owner needs it.
