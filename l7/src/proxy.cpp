@@ -345,6 +345,10 @@ struct Worker::Impl {
   std::vector<uint32_t> rrCursor;
   std::vector<ClientConn*> freeClients;
   std::vector<UpstreamConn*> freeUpstreams;
+  // Every connection object ever allocated (live or free): shutdown closes
+  // the live ones and the destructor deletes them all.
+  std::vector<std::unique_ptr<ClientConn>> allClients;
+  std::vector<std::unique_ptr<UpstreamConn>> allUpstreams;
   TimerList<ClientConn> clientTimers[static_cast<size_t>(TimerKind::kCount)];
   TimerList<UpstreamConn> upTimers[static_cast<size_t>(TimerKind::kCount)];
   std::vector<ClientConn*> starved;  // receive ran out of buffers; re-arm later
@@ -602,6 +606,7 @@ struct Worker::Impl {
       freeClients.pop_back();
     } else {
       cc = new ClientConn();
+      allClients.emplace_back(cc);
       cc->w = this;
       cc->ep.recvC = {&Impl::onClientRecv, cc};
       cc->ep.sendC = {&Impl::onClientSend, cc};
@@ -626,6 +631,7 @@ struct Worker::Impl {
       freeUpstreams.pop_back();
     } else {
       u = new UpstreamConn();
+      allUpstreams.emplace_back(u);
       u->w = this;
       u->ep.recvC = {&Impl::onUpRecv, u};
       u->ep.sendC = {&Impl::onUpSend, u};
@@ -1534,10 +1540,14 @@ Worker::~Worker() {
     if (l.fd >= 0) ::close(l.fd);
   }
   if (impl_->wakeFd >= 0) ::close(impl_->wakeFd);
-  // Connection objects in free lists; live ones were closed by run().
-  for (ClientConn* cc : impl_->freeClients) delete cc;
-  for (UpstreamConn* u : impl_->freeUpstreams) delete u;
+  // The ring goes first (it cancels whatever is still in flight), then the
+  // connection objects its completions pointed at.
   impl_->loop.reset();
+  for (auto& cc : impl_->allClients) cc->timerHook.unlink();
+  for (auto& u : impl_->allUpstreams) {
+    u->timerHook.unlink();
+    u->idleHook.unlink();
+  }
   delete impl_;
 }
 
@@ -1600,6 +1610,21 @@ void Worker::run(uint32_t drainMs) {
     auto& idle = im.clientTimers[static_cast<size_t>(TimerKind::kClientIdle)];
     while (!idle.empty()) im.closeClient(&idle.front());
     im.turn(20);
+  }
+  // Past the drain deadline: close what is left, pooled upstreams included,
+  // and let their operations complete so nothing is left in flight.
+  for (auto& cc : im.allClients) {
+    if (!cc->inFree) im.closeClient(cc.get());
+  }
+  for (auto& u : im.allUpstreams) {
+    if (!u->inFree) im.closeUpstream(u.get());
+  }
+  for (int i = 0; i < 50; ++i) {
+    bool busy = false;
+    for (auto& cc : im.allClients) busy |= !cc->inFree;
+    for (auto& u : im.allUpstreams) busy |= !u->inFree;
+    if (!busy) break;
+    im.turn(10);
   }
   im.opts.publisher->registerWakeFd(im.opts.index, -1);
   im.publishReport();
