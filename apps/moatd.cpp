@@ -91,6 +91,9 @@ std::string countersJson(const l7::WorkerReport& r) {
   add("bytes_in", c.bytesIn);
   add("bytes_out", c.bytesOut);
   add("access_log_dropped", c.accessLogDropped);
+  add("loop_waits", c.loopWaits);
+  add("loop_completions", c.loopCompletions);
+  add("recv_no_buffers", c.recvNoBuffers);
   auto named = [&](const char* k, const std::map<std::string, l7::NamedCounters>& m) {
     s += std::string(",\"") + k + "\":{";
     bool first = true;
@@ -139,6 +142,9 @@ l7::WorkerReport sumReports(const std::vector<std::unique_ptr<l7::Worker>>& work
     t.bytesIn += c.bytesIn;
     t.bytesOut += c.bytesOut;
     t.accessLogDropped += c.accessLogDropped;
+    t.loopWaits += c.loopWaits;
+    t.loopCompletions += c.loopCompletions;
+    t.recvNoBuffers += c.recvNoBuffers;
     total.configVersion = std::max(total.configVersion, r.configVersion);
     for (const auto& [k, v] : r.listeners) {
       total.listeners[k].requests += v.requests;

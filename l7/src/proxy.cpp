@@ -1498,6 +1498,9 @@ struct Worker::Impl {
 
   void publishReport() {
     std::lock_guard<std::mutex> lock(reportMu);
+    c.loopWaits = loop->stats().submitCalls;
+    c.loopCompletions = loop->stats().completions;
+    c.recvNoBuffers = loop->stats().recvNoBuffers;
     published.counters = c;
     published.configVersion = snap->version;
     for (auto& l : listeners) published.listeners[l.name] = l.counters;

@@ -43,6 +43,9 @@ struct ProxyCounters {
   uint64_t bytesIn = 0, bytesOut = 0;   // client side
   uint64_t configSwitches = 0;          // snapshots picked up
   uint64_t accessLogDropped = 0;        // lines dropped: log sink too slow
+  uint64_t loopWaits = 0;               // io_uring_enter calls: completions / this = batching
+  uint64_t loopCompletions = 0;         // completions handled
+  uint64_t recvNoBuffers = 0;           // receives that found no provided buffer (raise bufferCount)
 };
 
 struct NamedCounters {
