@@ -31,7 +31,18 @@ using namespace moat;
 
 namespace {
 
+// Minimum level printed: 0 debug, 1 info, 2 warn, 3 error (config logging.level).
+int gLogLevel = 1;
+
+int levelRank(const char* level) {
+  if (std::strcmp(level, "debug") == 0) return 0;
+  if (std::strcmp(level, "info") == 0) return 1;
+  if (std::strcmp(level, "warn") == 0) return 2;
+  return 3;
+}
+
 void logLine(const char* level, const std::string& msg) {
+  if (levelRank(level) < gLogLevel) return;
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   tm t;
@@ -209,6 +220,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   control::Config config = *loaded.config;
+  gLogLevel = static_cast<int>(config.logging.level);
 
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -300,6 +312,7 @@ int main(int argc, char** argv) {
       }
       ++version;
       config = *r.config;
+      gLogLevel = static_cast<int>(config.logging.level);
       logLine("info", "config version " + std::to_string(version) + " applied");
     }
   }

@@ -174,6 +174,7 @@ struct ClientConn {
   std::string respHeadOut;  // rewritten response head or error response
   std::string assembly;     // head spanning several receive buffers
   std::string logMethod, logTarget, logHost, logRoute, requestId;
+  NamedCounters* routeCounters = nullptr;  // per-worker, keyed by route name; never freed
   uint64_t startMs = 0, upStartMs = 0, upEndMs = 0, reqBytesIn = 0, reqBytesOut = 0;
 };
 
@@ -357,7 +358,8 @@ struct Worker::Impl {
   ResponseHead respHead;
   ParseLimits limits;
   ProxyCounters c;
-  std::unordered_map<std::string, NamedCounters> routeCounters;
+  std::unordered_map<std::string, NamedCounters> routeCounters;  // node-stable
+  std::vector<NamedCounters*> routeCounterPtr;  // per snapshot route index
   std::string logBuf;
   char timeStr[32] = {};
   time_t timeStrSec = 0;
@@ -539,6 +541,8 @@ struct Worker::Impl {
     limits.maxHeaderBytes = cfg.limits.maxHeaderBytes;
     limits.maxRequestLine = cfg.limits.maxRequestLine;
     limits.maxHeaders = cfg.limits.maxHeaders;
+    routeCounterPtr.clear();
+    for (const auto& r : s->routes) routeCounterPtr.push_back(&routeCounters[r.name]);
     poolBackends.assign(s->pools.size(), {});
     rrCursor.assign(s->pools.size(), static_cast<uint32_t>(opts.index));
     std::unordered_map<std::string, bool> live;
@@ -712,10 +716,9 @@ struct Worker::Impl {
     ListenerState& l = listeners[cc->listener];
     ++l.counters.requests;
     if (status >= 500) ++l.counters.errors;
-    if (!cc->logRoute.empty()) {
-      auto& rc = routeCounters[cc->logRoute];
-      ++rc.requests;
-      if (status >= 500) ++rc.errors;
+    if (cc->routeCounters != nullptr) {
+      ++cc->routeCounters->requests;
+      if (status >= 500) ++cc->routeCounters->errors;
     }
     if (opts.accessLogFd < 0) return;
     if (logBuf.size() > (1u << 20)) {
@@ -989,6 +992,7 @@ struct Worker::Impl {
     cc->reqBytesOut = 0;
     cc->respStarted = false;
     cc->logRoute.clear();
+    cc->routeCounters = nullptr;
     cc->requestId.clear();
     if (st == ParseStatus::kError) {
       ++c.parseErrors;
@@ -1038,6 +1042,7 @@ struct Worker::Impl {
       return !cc->closed && cc->state == ClientConn::State::kReadingHead;
     }
     cc->logRoute.assign(route->name);
+    cc->routeCounters = routeCounterPtr[static_cast<size_t>(route - snap->routes.data())];
     BackendState* b = pickBackend(route->pool, cc);
     if (b == nullptr) {
       ++c.noBackend;
