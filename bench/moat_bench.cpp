@@ -45,8 +45,10 @@ struct Histogram {  // microseconds, 64 octaves x 64 linear sub-buckets
     for (size_t i = 0; i < b.size(); ++i) {
       seen += b[i];
       if (seen >= want && b[i] != 0) {
+        // Bucket i holds values whose top bits are `sub` (32..63 above the
+        // first octave) shifted left by `oct`: report the bucket's low edge.
         size_t oct = i / 64, sub = i % 64;
-        return oct == 0 ? sub : (64 + sub) << oct;
+        return static_cast<uint64_t>(sub) << oct;
       }
     }
     return max;
