@@ -337,6 +337,42 @@ class ProxyTest(unittest.TestCase):
         resp = raw_exchange(self.port, b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 40000 + b"\r\n\r\n")
         self.assertTrue(resp.startswith(b"HTTP/1.1 431"), resp[:100])
 
+    # Raw requests the parser must refuse before anything reaches a backend:
+    # (bytes, expected status). Each closes the connection and nothing
+    # after the refused head (a smuggled request) is ever answered.
+    STRICT_CASES = [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"fffffffffffffffff\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"3\r\nabcX\r\n0\r\n\r\n", 400),
+    ]
+
+    def test_strict_parser_refuses_and_closes(self):
+        smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+        for raw, status in self.STRICT_CASES:
+            with self.subTest(raw=raw[:60]):
+                resp = raw_exchange(self.port, raw + smuggled)
+                self.assertTrue(resp.startswith(b"HTTP/1.1 %d" % status), resp[:120])
+                self.assertNotIn(b"/smuggled", resp)
+                # Chunked framing errors are found after the head went
+                # upstream; still exactly one response and a close.
+                self.assertEqual(resp.count(b"HTTP/1.1 "), 1, resp[:300])
+
     def test_header_timeout_408(self):
         resp = raw_exchange(self.port, b"GET / HTTP/1.1\r\nHost: a\r\n")
         self.assertTrue(resp.startswith(b"HTTP/1.1 408"), resp)
