@@ -250,24 +250,56 @@ bool isDroppedResponseHeader(std::string_view n) {
   }
 }
 
-// True if `name` is listed in any Connection header (those are hop-by-hop).
-template <class Head>
-bool listedInConnection(const Head& h, std::string_view name) {
-  for (uint32_t i = 0; i < h.headerCount; ++i) {
-    if (!iequals(h.headers[i].name, "connection")) continue;
-    std::string_view v = h.headers[i].value;
-    while (!v.empty()) {
-      size_t comma = v.find(',');
-      std::string_view tok = v.substr(0, comma);
-      while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
-      while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
-      if (iequals(tok, name)) return true;
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
+// The field names listed in a head's Connection headers (hop-by-hop, RFC
+// 9110 7.6.1), collected once per head so that filtering the other fields is
+// linear. A head listing more than kMax tokens sets `overflow` and lookups
+// then re-scan the Connection headers themselves (rare, never wrong).
+struct ConnectionTokens {
+  static constexpr size_t kMax = 16;
+  std::string_view tokens[kMax];
+  size_t count = 0;
+  bool overflow = false;
+
+  // Calls fn(token) for each token of every Connection header until fn
+  // returns true; returns whether it did.
+  template <class Head, class Fn>
+  static bool forEachToken(const Head& h, Fn&& fn) {
+    for (uint32_t i = 0; i < h.headerCount; ++i) {
+      if (!iequals(h.headers[i].name, "connection")) continue;
+      std::string_view v = h.headers[i].value;
+      while (!v.empty()) {
+        size_t comma = v.find(',');
+        std::string_view tok = v.substr(0, comma);
+        while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
+        while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
+        if (!tok.empty() && fn(tok)) return true;
+        if (comma == std::string_view::npos) break;
+        v.remove_prefix(comma + 1);
+      }
     }
+    return false;
   }
-  return false;
-}
+
+  template <class Head>
+  void collect(const Head& h) {
+    count = 0;
+    overflow = false;
+    forEachToken(h, [this](std::string_view tok) {
+      if (count < kMax) tokens[count++] = tok;
+      else overflow = true;
+      return false;
+    });
+  }
+
+  template <class Head>
+  bool contains(const Head& h, std::string_view name) const {
+    for (size_t i = 0; i < count; ++i) {
+      if (iequals(tokens[i], name)) return true;
+    }
+    if (!overflow) return false;
+    return forEachToken(h, [name](std::string_view tok) { return iequals(tok, name); });
+  }
+};
 
 bool validRequestId(std::string_view v) {
   if (v.empty() || v.size() > 128) return false;
@@ -356,6 +388,7 @@ struct Worker::Impl {
   std::vector<UpstreamConn*> starvedUp;
   RequestHead reqHead;
   ResponseHead respHead;
+  ConnectionTokens connTokens;
   ParseLimits limits;
   ProxyCounters c;
   std::unordered_map<std::string, NamedCounters> routeCounters;  // node-stable
@@ -1053,6 +1086,7 @@ struct Worker::Impl {
     }
 
     // Rewritten head: hop-by-hop fields dropped, forwarding fields set.
+    connTokens.collect(h);
     std::string& o = cc->reqHeadOut;
     o.clear();
     o.append(h.method).append(" ").append(h.target);
@@ -1066,7 +1100,7 @@ struct Worker::Impl {
         if (!multipleXff) priorXff = f.value;
         continue;
       }
-      if (isDroppedRequestHeader(f.name) || listedInConnection(h, f.name)) continue;
+      if (isDroppedRequestHeader(f.name) || connTokens.contains(h, f.name)) continue;
       o.append(f.name).append(": ").append(f.value).append("\r\n");
     }
     o.append("X-Forwarded-For: ");
@@ -1331,13 +1365,14 @@ struct Worker::Impl {
       cc->respDec.reset();
       cc->upstreamReusable = h.keepAlive && h.body != BodyKind::kUntilClose && cc->reqMinor == 1;
       if (h.body == BodyKind::kUntilClose || cc->ep.eof) cc->keepAlive = false;
+      connTokens.collect(h);
       std::string& o = cc->respHeadOut;
       o.clear();
       o.append("HTTP/1.1 ").append(std::to_string(h.status)).append(" ").append(h.reason);
       o.append("\r\n");
       for (uint32_t i = 0; i < h.headerCount; ++i) {
         const HeaderField& f = h.headers[i];
-        if (isDroppedResponseHeader(f.name) || listedInConnection(h, f.name)) continue;
+        if (isDroppedResponseHeader(f.name) || connTokens.contains(h, f.name)) continue;
         o.append(f.name).append(": ").append(f.value).append("\r\n");
       }
       if (!cc->keepAlive) o.append("Connection: close\r\n");
