@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(
   # toolchain
-  build-essential cmake ninja-build pkg-config git clang
+  build-essential cmake ninja-build pkg-config git clang libclang-rt-14-dev
   # engines and libraries
   libdpdk-dev dpdk
   libhyperscan-dev
