@@ -64,6 +64,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.send_header("X-Backend", self.server.name)
             self.end_headers()
+            if self.command == "HEAD":
+                return
             left = n
             while left > 0:
                 k = min(1000, left)
@@ -78,7 +80,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.send_header("X-Backend", self.server.name)
             self.end_headers()
-            self.wfile.write(b"z" * 5000)
+            if self.command != "HEAD":
+                self.wfile.write(b"z" * 5000)
             self.close_connection = True
         elif parts[0] == "headers":
             hdrs = [[k, v] for k, v in self.headers.items()]
