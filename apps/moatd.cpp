@@ -96,6 +96,7 @@ std::string countersJson(const l7::WorkerReport& r) {
   add("upstream_retries", c.upstreamRetries);
   add("upstream_reused", c.upstreamReused);
   add("upstream_connects", c.upstreamConnects);
+  add("upstream_idle_closed", c.upstreamIdleClosed);
   add("client_timeouts", c.clientTimeouts);
   add("client_aborts", c.clientAborts);
   add("backpressure_pauses", c.backpressurePauses);
@@ -147,6 +148,7 @@ l7::WorkerReport sumReports(const std::vector<std::unique_ptr<l7::Worker>>& work
     t.upstreamRetries += c.upstreamRetries;
     t.upstreamReused += c.upstreamReused;
     t.upstreamConnects += c.upstreamConnects;
+    t.upstreamIdleClosed += c.upstreamIdleClosed;
     t.clientTimeouts += c.clientTimeouts;
     t.clientAborts += c.clientAborts;
     t.backpressurePauses += c.backpressurePauses;

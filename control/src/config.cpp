@@ -27,6 +27,7 @@ using Json = nlohmann::ordered_json;
 
 constexpr int64_t kMaxWorkers = 256;
 constexpr int64_t kMaxWeight = 1000;
+constexpr int64_t kMaxIdlePerWorker = 10000;  // per backend per worker: bounds pooled sockets
 constexpr int64_t kMinTimeoutMs = 1;
 constexpr int64_t kMaxTimeoutMs = 3600000;
 constexpr int64_t kMinHeaderBytes = 1024;
@@ -375,10 +376,12 @@ class Validator {
         } else if (m.key() == "maglevTableSize") {
           sawTableSize = true;
           tableSize(m.value(), fp, balance, backendCount, &pc.maglevTableSize);
+        } else if (m.key() == "maxIdlePerWorker") {
+          uintInRange(m.value(), fp, 0, kMaxIdlePerWorker, "", &pc.maxIdlePerWorker);
         } else if (m.key() == "backends") {
           backends(m.value(), fp, &pc.backends);
         } else {
-          unknown(fp, "name, balance, maglevTableSize, backends");
+          unknown(fp, "name, balance, maglevTableSize, maxIdlePerWorker, backends");
         }
       }
       if (!sawName) error(join(pp, "name"), "missing required field");

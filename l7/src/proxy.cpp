@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <algorithm>
 #include <random>
 #include <unordered_map>
 
@@ -203,6 +204,8 @@ struct BackendState {
   socklen_t addrLen = 0;
   uint32_t active = 0;  // requests in flight from this worker (least connections)
   uint32_t weight = 1;
+  uint32_t maxIdle = 0;     // from the pool config (largest, if in several pools)
+  uint32_t idleCount = 0;   // length of `idle`
   IdleList idle;
   NamedCounters counters;
 };
@@ -579,6 +582,7 @@ struct Worker::Impl {
     poolBackends.assign(s->pools.size(), {});
     rrCursor.assign(s->pools.size(), static_cast<uint32_t>(opts.index));
     std::unordered_map<std::string, bool> live;
+    for (auto& [key, st] : backends) st->maxIdle = 0;
     for (size_t p = 0; p < s->pools.size(); ++p) {
       for (const auto& b : s->pools[p].backends) {
         auto& st = backends[b.key];
@@ -589,6 +593,7 @@ struct Worker::Impl {
           st->addrLen = b.addrLen;
         }
         st->weight = b.weight;
+        st->maxIdle = std::max(st->maxIdle, cfg.pools[p].maxIdlePerWorker);
         poolBackends[p].push_back(st.get());
         live[b.key] = true;
       }
@@ -708,11 +713,18 @@ struct Worker::Impl {
     ep.fd = -1;
   }
 
+  // Takes u out of its backend's idle pool, if it is there.
+  static void leaveIdle(UpstreamConn* u) {
+    if (!u->idleHook.is_linked()) return;
+    u->idleHook.unlink();
+    --u->backend->idleCount;
+  }
+
   void closeUpstream(UpstreamConn* u) {
     if (u->closed) return;
     u->closed = true;
     disarmTimer(u);
-    u->idleHook.unlink();
+    leaveIdle(u);
     if (u->client != nullptr && u->client->up == u) u->client->up = nullptr;
     u->client = nullptr;
     shutdownFd(u->ep);
@@ -1130,7 +1142,7 @@ struct Worker::Impl {
     if (!forceNew) {
       while (!b->idle.empty()) {
         UpstreamConn* cand = &b->idle.front();
-        cand->idleHook.unlink();
+        leaveIdle(cand);
         if (cand->ep.eof || !cand->ep.rq.empty()) {
           closeUpstream(cand);
           continue;
@@ -1450,9 +1462,14 @@ struct Worker::Impl {
       u->client = nullptr;
       bool reusable = cc->upstreamReusable && cc->reqDone && u->ep.rq.empty() && !u->ep.eof &&
                       !u->closed && !stopping;
+      if (reusable && b != nullptr && b->idleCount >= b->maxIdle) {
+        ++c.upstreamIdleClosed;
+        reusable = false;
+      }
       if (reusable && b != nullptr) {
         u->reused = false;
         b->idle.push_front(*u);
+        ++b->idleCount;
         resumeRecv(u->ep);  // watches for the backend closing the idle connection
         armTimer(u, TimerKind::kUpstreamIdle, snap->config.timeouts.idleMs);
       } else {
@@ -1589,7 +1606,7 @@ Worker::~Worker() {
   for (auto& cc : impl_->allClients) cc->timerHook.unlink();
   for (auto& u : impl_->allUpstreams) {
     u->timerHook.unlink();
-    u->idleHook.unlink();
+    if (u->idleHook.is_linked()) Impl::leaveIdle(u.get());
   }
   delete impl_;
 }

@@ -250,6 +250,18 @@ TEST(ConfigRequired, RoutePool) {
   expectError(doc(R"("routes": [{"host": "*"}])"), "routes[0].pool", "missing required field");
 }
 
+TEST(ConfigPools, MaxIdlePerWorker) {
+  ConfigResult r = parseConfig(R"({"listeners": [{"address": "127.0.0.1", "port": 80}],
+    "pools": [{"name": "p", "maxIdlePerWorker": 0}, {"name": "q"}]})");
+  ASSERT_TRUE(r.errors.empty());
+  EXPECT_EQ(r.config->pools[0].maxIdlePerWorker, 0u);
+  EXPECT_EQ(r.config->pools[1].maxIdlePerWorker, 64u);
+  r = parseConfig(R"({"listeners": [{"address": "127.0.0.1", "port": 80}],
+    "pools": [{"name": "p", "maxIdlePerWorker": 10001}]})");
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(r.errors[0].path, "pools[0].maxIdlePerWorker");
+}
+
 // ---- unknown fields ----------------------------------------------------------
 
 TEST(ConfigUnknown, TopLevel) {

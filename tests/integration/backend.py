@@ -93,6 +93,7 @@ class Handler(BaseHTTPRequestHandler):
                 "path": path,
                 "body_length": len(body),
                 "body_sha256": hashlib.sha256(body).hexdigest(),
+                "peer_port": self.client_address[1],
             }
             self.send_body(200, json.dumps(info).encode())
 

@@ -449,6 +449,38 @@ class LeastConnectionsTest(unittest.TestCase):
             b2.stop()
 
 
+class UpstreamPoolTest(unittest.TestCase):
+    """Upstream keep-alive: with the default pool size one worker reuses its
+    backend connection; with maxIdlePerWorker 0 every request connects anew."""
+
+    def peer_ports(self, max_idle):
+        b = Backend("u1")
+        port = free_port()
+        pool = {"name": "p", "backends": [{"address": "127.0.0.1", "port": b.port}]}
+        if max_idle is not None:
+            pool["maxIdlePerWorker"] = max_idle
+        m = Moatd(base_config(port, [pool]), workers=1)
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            ports = []
+            for _ in range(5):
+                c.request("GET", "/p")
+                r = c.getresponse()
+                ports.append(json.loads(r.read())["peer_port"])
+            c.close()
+        finally:
+            rc = m.stop()
+            b.stop()
+        self.assertEqual(rc, 0)
+        return ports
+
+    def test_default_pool_reuses_connection(self):
+        self.assertEqual(len(set(self.peer_ports(None))), 1)
+
+    def test_pool_size_zero_disables_reuse(self):
+        self.assertEqual(len(set(self.peer_ports(0))), 5)
+
+
 class ReloadTest(unittest.TestCase):
     def test_reload_under_load_loses_nothing(self):
         b1, b2 = Backend("r1"), Backend("r2")

@@ -35,6 +35,7 @@ struct PoolConfig {
   std::string name;  // unique, referenced by routes
   BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
   uint32_t maglevTableSize = 65537;  // prime, only used by kMaglev
+  uint32_t maxIdlePerWorker = 64;    // idle keep-alive connections kept per backend per worker
   std::vector<BackendConfig> backends;  // may be empty: requests get 503
 };
 

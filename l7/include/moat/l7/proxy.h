@@ -37,6 +37,7 @@ struct ProxyCounters {
   uint64_t upstreamRetries = 0;         // stale keep-alive connection retried once
   uint64_t upstreamReused = 0;          // requests sent on a pooled connection
   uint64_t upstreamConnects = 0;        // new upstream connections
+  uint64_t upstreamIdleClosed = 0;      // reusable connection closed: pool at maxIdlePerWorker
   uint64_t clientTimeouts = 0;          // 408 (header) or idle close
   uint64_t clientAborts = 0;            // client closed before the response ended
   uint64_t backpressurePauses = 0;      // receive paused because the peer is slow
