@@ -49,6 +49,10 @@ void appendAccessLine(std::string& out, const AccessRecord& r) {
   out.append(std::to_string(r.upstreamMs));
   out.append(",\"request_id\":");
   appendJsonString(out, r.requestId);
+  if (!r.error.empty()) {
+    out.append(",\"error\":");
+    appendJsonString(out, r.error);
+  }
   out.append("}\n");
 }
 

@@ -20,6 +20,7 @@ struct AccessRecord {
   std::string_view route;
   uint64_t durationMs = 0, upstreamMs = 0;
   std::string_view requestId;
+  std::string_view error;  // why the proxy answered itself (400/408/5xx), else ""
 };
 
 // Appends one line (with '\n'). Escapes per RFC 8259; bytes >= 0x80 that are

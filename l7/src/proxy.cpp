@@ -752,7 +752,7 @@ struct Worker::Impl {
   }
 
   // ---- access log and counters -------------------------------------------
-  void account(ClientConn* cc, int status) {
+  void account(ClientConn* cc, int status, std::string_view error = {}) {
     cc->status = status;
     if (status < 300) ++c.responses2xx;
     else if (status < 400) ++c.responses3xx;
@@ -784,6 +784,7 @@ struct Worker::Impl {
     r.durationMs = now() - cc->startMs;
     r.upstreamMs = cc->upStartMs != 0 ? (cc->upEndMs != 0 ? cc->upEndMs : now()) - cc->upStartMs : 0;
     r.requestId = cc->requestId;
+    r.error = error;
     appendAccessLine(logBuf, r);
   }
 
@@ -814,7 +815,7 @@ struct Worker::Impl {
     }
     if (cc->up != nullptr) closeUpstream(cc->up);
     cc->upEndMs = now();
-    account(cc, status);
+    account(cc, status, text);
     releaseBackend(cc);
     bool closing = close || !cc->reqDone || !cc->keepAlive;
     std::string& o = cc->respHeadOut;

@@ -412,6 +412,26 @@ class ProxyTest(unittest.TestCase):
         self.assertEqual(line["client"], "127.0.0.1")
         self.assertIn(line["upstream"], (f"127.0.0.1:{self.b1.port}", f"127.0.0.1:{self.b2.port}"))
         self.assertRegex(line["request_id"], r"^[0-9a-f]{32}$")
+        self.assertNotIn("error", line)
+
+    def test_access_log_names_the_error(self):
+        raw_exchange(self.port, b"GET /logged-error HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                                b"Content-Length: 1\r\n\r\nab")
+        r, _ = self.request("GET", "/dead/logged")
+        self.assertEqual(r.status, 502)
+        deadline = time.time() + 5
+        found = {}
+        while time.time() < deadline and len(found) < 2:
+            with open(self.moatd.access_log) as f:
+                for l in f:
+                    rec = json.loads(l)
+                    if rec["status"] == 400 and "Content-Length" in rec.get("error", ""):
+                        found[400] = rec
+                    if rec["target"] == "/dead/logged":
+                        found[502] = rec
+            time.sleep(0.05)
+        self.assertIn(400, found)
+        self.assertIn("refused", found[502]["error"])
 
 
 class LeastConnectionsTest(unittest.TestCase):
