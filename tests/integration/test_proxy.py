@@ -395,6 +395,28 @@ class ProxyTest(unittest.TestCase):
             backends.add(json.loads(data)["backend"])
         self.assertEqual(len(backends), 1)
 
+    def test_counters_on_sigusr1(self):
+        for _ in range(3):
+            self.request("GET", "/counted")
+        self.request("GET", "/dead/counted")
+        deadline = time.time() + 10
+        stats = None
+        while time.time() < deadline:
+            time.sleep(1.1)  # workers publish their counters once a second
+            self.moatd.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.2)
+            lines = [l for l in self.moatd.log().splitlines() if l.startswith("{")]
+            if lines:
+                stats = json.loads(lines[-1])
+                if stats["responses_5xx"] >= 1 and stats["requests"] >= 4:
+                    break
+        self.assertIsNotNone(stats)
+        self.assertGreaterEqual(stats["requests"], 4)
+        self.assertGreaterEqual(stats["upstream_connect_errors"], 1)
+        self.assertGreaterEqual(stats["listeners"]["public"]["requests"], 4)
+        self.assertGreaterEqual(stats["routes"]["*/dead"]["errors_5xx"], 1)
+        self.assertGreaterEqual(stats["backends"][f"127.0.0.1:{self.dead_port}"]["errors_5xx"], 1)
+
     def test_access_log_json(self):
         self.request("GET", "/logged?q=1")
         deadline = time.time() + 5

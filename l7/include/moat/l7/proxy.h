@@ -19,34 +19,59 @@
 
 namespace moat::l7 {
 
-// Counters a worker keeps; summed across workers for reporting. Each says
-// what it should read in production.
+// Counters a worker keeps, declared once (Envoy's ALL_*_STATS style): each
+// entry is X(field, "json_name") with a comment saying what it should read in
+// production. Summing, reporting and JSON output are generated from the list.
+#define MOAT_PROXY_COUNTERS(X)                                                        \
+  X(connectionsAccepted, "connections_accepted")                                     \
+  X(connectionsActive, "connections_active")     /* gauge */                         \
+  X(requests, "requests")                        /* heads parsed, routed or refused */ \
+  X(responses2xx, "responses_2xx")                                                   \
+  X(responses3xx, "responses_3xx")                                                   \
+  X(responses4xx, "responses_4xx")                                                   \
+  X(responses5xx, "responses_5xx")                                                   \
+  X(parseErrors, "parse_errors")      /* 400/414/431/501/505: ~0 with real clients */ \
+  X(noRoute, "no_route")              /* 404 from routing: a config gap */            \
+  X(noBackend, "no_backend")          /* 503: pool empty or all weights 0 */          \
+  X(upstreamConnectErrors, "upstream_connect_errors")     /* 502: refused/unreachable */ \
+  X(upstreamConnectTimeouts, "upstream_connect_timeouts") /* 504 before connect */    \
+  X(upstreamResponseTimeouts, "upstream_response_timeouts") /* 504 waiting */         \
+  X(upstreamProtocolErrors, "upstream_protocol_errors")   /* 502: bad response */     \
+  X(upstreamResets, "upstream_resets")       /* backend closed mid-exchange */        \
+  X(upstreamRetries, "upstream_retries")     /* stale pooled connection retried */    \
+  X(upstreamReused, "upstream_reused")       /* requests on a pooled connection */    \
+  X(upstreamConnects, "upstream_connects")   /* new upstream connections */           \
+  X(upstreamIdleClosed, "upstream_idle_closed") /* pool at maxIdlePerWorker */        \
+  X(clientTimeouts, "client_timeouts")       /* 408 sent (header or body) */          \
+  X(clientAborts, "client_aborts")           /* client left before the response */    \
+  X(backpressurePauses, "backpressure_pauses") /* receive paused: peer is slow */     \
+  X(bytesIn, "bytes_in")                     /* client side */                        \
+  X(bytesOut, "bytes_out")                                                           \
+  X(configSwitches, "config_switches")       /* snapshots picked up */                \
+  X(accessLogDropped, "access_log_dropped")  /* lines dropped: sink too slow */       \
+  X(loopWaits, "loop_waits")                 /* io_uring_enter calls */               \
+  X(loopCompletions, "loop_completions")     /* completions / waits = batching */     \
+  X(recvNoBuffers, "recv_no_buffers")        /* buffer ring ran dry: raise count */
+
 struct ProxyCounters {
-  uint64_t connectionsAccepted = 0;
-  uint64_t connectionsActive = 0;       // gauge
-  uint64_t requests = 0;                // heads parsed and routed or refused
-  uint64_t responses2xx = 0, responses3xx = 0, responses4xx = 0, responses5xx = 0;
-  uint64_t parseErrors = 0;             // 400/414/431/501/505 sent: should be ~0 with real clients
-  uint64_t noRoute = 0;                 // 404 from routing: config gap
-  uint64_t noBackend = 0;               // 503: pool empty or all weights 0
-  uint64_t upstreamConnectErrors = 0;   // 502: backend refused / unreachable
-  uint64_t upstreamConnectTimeouts = 0; // 504 before connect
-  uint64_t upstreamResponseTimeouts = 0;// 504 while waiting for the backend
-  uint64_t upstreamProtocolErrors = 0;  // 502: malformed response from a backend
-  uint64_t upstreamResets = 0;          // backend closed mid-exchange
-  uint64_t upstreamRetries = 0;         // stale keep-alive connection retried once
-  uint64_t upstreamReused = 0;          // requests sent on a pooled connection
-  uint64_t upstreamConnects = 0;        // new upstream connections
-  uint64_t upstreamIdleClosed = 0;      // reusable connection closed: pool at maxIdlePerWorker
-  uint64_t clientTimeouts = 0;          // 408 (header) or idle close
-  uint64_t clientAborts = 0;            // client closed before the response ended
-  uint64_t backpressurePauses = 0;      // receive paused because the peer is slow
-  uint64_t bytesIn = 0, bytesOut = 0;   // client side
-  uint64_t configSwitches = 0;          // snapshots picked up
-  uint64_t accessLogDropped = 0;        // lines dropped: log sink too slow
-  uint64_t loopWaits = 0;               // io_uring_enter calls: completions / this = batching
-  uint64_t loopCompletions = 0;         // completions handled
-  uint64_t recvNoBuffers = 0;           // receives that found no provided buffer (raise bufferCount)
+#define MOAT_COUNTER_FIELD(field, name) uint64_t field = 0;
+  MOAT_PROXY_COUNTERS(MOAT_COUNTER_FIELD)
+#undef MOAT_COUNTER_FIELD
+
+  ProxyCounters& operator+=(const ProxyCounters& o) {
+#define MOAT_COUNTER_ADD(field, name) field += o.field;
+    MOAT_PROXY_COUNTERS(MOAT_COUNTER_ADD)
+#undef MOAT_COUNTER_ADD
+    return *this;
+  }
+
+  // Calls fn(jsonName, value) for every counter, in declaration order.
+  template <class Fn>
+  void forEach(Fn&& fn) const {
+#define MOAT_COUNTER_VISIT(field, name) fn(name, field);
+    MOAT_PROXY_COUNTERS(MOAT_COUNTER_VISIT)
+#undef MOAT_COUNTER_VISIT
+  }
 };
 
 struct NamedCounters {
