@@ -50,6 +50,23 @@ std::vector<uint32_t> smoothRoundRobin(const std::vector<BackendRuntime>& backen
 
 }  // namespace
 
+bool toSocketAddress(const std::string& address, uint16_t port, sockaddr_storage& out,
+                     socklen_t& len) {
+  out = sockaddr_storage{};
+  if (address.find(':') != std::string::npos) {
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(&out);
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons(port);
+    len = sizeof(sockaddr_in6);
+    return inet_pton(AF_INET6, address.c_str(), &a6->sin6_addr) == 1;
+  }
+  auto* a4 = reinterpret_cast<sockaddr_in*>(&out);
+  a4->sin_family = AF_INET;
+  a4->sin_port = htons(port);
+  len = sizeof(sockaddr_in);
+  return inet_pton(AF_INET, address.c_str(), &a4->sin_addr) == 1;
+}
+
 const RouteRuntime* Snapshot::matchRoute(std::string_view host, std::string_view path) const {
   std::string_view h = stripPort(host);
   for (const RouteRuntime& r : routes) {
@@ -70,23 +87,11 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
     for (const BackendConfig& bc : pc.backends) {
       BackendRuntime br;
       br.weight = bc.weight;
-      if (bc.address.find(':') != std::string::npos) {
-        auto* a6 = reinterpret_cast<sockaddr_in6*>(&br.addr);
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons(bc.port);
-        if (inet_pton(AF_INET6, bc.address.c_str(), &a6->sin6_addr) != 1)
-          throw std::runtime_error("bad backend address " + bc.address);
-        br.addrLen = sizeof(sockaddr_in6);
-        br.key = "[" + bc.address + "]:" + std::to_string(bc.port);
-      } else {
-        auto* a4 = reinterpret_cast<sockaddr_in*>(&br.addr);
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(bc.port);
-        if (inet_pton(AF_INET, bc.address.c_str(), &a4->sin_addr) != 1)
-          throw std::runtime_error("bad backend address " + bc.address);
-        br.addrLen = sizeof(sockaddr_in);
-        br.key = bc.address + ":" + std::to_string(bc.port);
-      }
+      if (!toSocketAddress(bc.address, bc.port, br.addr, br.addrLen))
+        throw std::runtime_error("bad backend address " + bc.address);
+      br.key = br.addr.ss_family == AF_INET6
+                   ? "[" + bc.address + "]:" + std::to_string(bc.port)
+                   : bc.address + ":" + std::to_string(bc.port);
       pr.backends.push_back(std::move(br));
     }
     if (pr.balance == BalanceAlgorithm::kMaglev) {

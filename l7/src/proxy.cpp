@@ -331,24 +331,14 @@ const char* reasonPhrase(int status) {
 }  // namespace
 
 int openListener(const control::ListenerConfig& l, std::string& err) {
+  std::string where = l.name + " (" + l.address + ":" + std::to_string(l.port) + ")";
   sockaddr_storage ss{};
   socklen_t len = 0;
-  int family = AF_INET;
-  if (l.address.find(':') != std::string::npos) {
-    family = AF_INET6;
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(l.port);
-    inet_pton(AF_INET6, l.address.c_str(), &a->sin6_addr);
-    len = sizeof(*a);
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(l.port);
-    inet_pton(AF_INET, l.address.c_str(), &a->sin_addr);
-    len = sizeof(*a);
+  if (!control::toSocketAddress(l.address, l.port, ss, len)) {
+    err = where + ": not an IP address";
+    return -1;
   }
-  std::string where = l.name + " (" + l.address + ":" + std::to_string(l.port) + ")";
+  int family = ss.ss_family;
   int fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     err = where + ": socket: " + strerror(errno);

@@ -23,6 +23,11 @@
 
 namespace moat::control {
 
+// Fills `out` from an IPv4 or IPv6 literal (as validated by parseConfig) and
+// a port. Returns false if the literal does not parse. No allocation.
+bool toSocketAddress(const std::string& address, uint16_t port, sockaddr_storage& out,
+                     socklen_t& len);
+
 struct BackendRuntime {
   std::string key;  // "127.0.0.1:8081" / "[::1]:8081": identity across snapshots
   sockaddr_storage addr{};
