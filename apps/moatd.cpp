@@ -26,6 +26,7 @@
 #include "moat/control/config.h"
 #include "moat/control/snapshot.h"
 #include "moat/l7/proxy.h"
+#include "moat/ratelimit/limiter.h"
 
 using namespace moat;
 
@@ -68,10 +69,28 @@ bool sameListeners(const control::Config& a, const control::Config& b) {
     const auto& x = a.listeners[i];
     const auto& y = b.listeners[i];
     if (x.name != y.name || x.address != y.address || x.port != y.port ||
-        x.protocol != y.protocol)
+        x.protocol != y.protocol || x.proxyProtocol != y.proxyProtocol)
       return false;
   }
   return true;
+}
+
+std::string jsonString(const std::string& v) {
+  std::string s = "\"";
+  for (char ch : v) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      s += '\\';
+      s += ch;
+    } else if (c < 0x20 || c >= 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      s += buf;
+    } else {
+      s += ch;
+    }
+  }
+  return s + "\"";
 }
 
 std::string countersJson(const l7::WorkerReport& r) {
@@ -93,12 +112,47 @@ std::string countersJson(const l7::WorkerReport& r) {
   named("listeners", r.listeners);
   named("routes", r.routes);
   named("backends", r.backends);
-  s += "}";
+  s += ",\"rate_limit_rules\":{";
+  bool first = true;
+  for (const auto& [name, v] : r.rateLimitRules) {
+    if (!first) s += ",";
+    first = false;
+    s += jsonString(name) + ":{\"checked\":" + std::to_string(v.checked) +
+         ",\"limited\":" + std::to_string(v.limited) + "}";
+  }
+  s += "},\"rate_limit_top\":[";
+  first = true;
+  for (const auto& it : r.topOffenders) {
+    if (!first) s += ",";
+    first = false;
+    s += "{\"rule\":" + jsonString(it.rule) + ",\"key\":" + jsonString(it.key) +
+         ",\"refused\":" + std::to_string(it.count) + ",\"error\":" + std::to_string(it.error) + "}";
+  }
+  s += "]}";
+  return s;
+}
+
+std::string rateLimitTableJson(const ratelimit::Table* t) {
+  if (t == nullptr) return "";
+  ratelimit::TableStats st = t->stats();
+  return ",\"rate_limit_table\":{\"capacity\":" + std::to_string(t->capacity()) +
+         ",\"bytes\":" + std::to_string(t->bytes()) + ",\"inserts\":" + std::to_string(st.inserts) +
+         ",\"evictions_idle\":" + std::to_string(st.evictionsIdle) +
+         ",\"evictions_active\":" + std::to_string(st.evictionsActive) +
+         ",\"ghost_restores\":" + std::to_string(st.ghostRestores) +
+         ",\"ghost_lost\":" + std::to_string(st.ghostLost) + "}";
+}
+
+// Counters of every worker plus the shared rate-limit table, one JSON object.
+std::string statsJson(const l7::WorkerReport& r, const ratelimit::Table* t) {
+  std::string s = countersJson(r);
+  s.insert(s.size() - 1, rateLimitTableJson(t));
   return s;
 }
 
 l7::WorkerReport sumReports(const std::vector<std::unique_ptr<l7::Worker>>& workers) {
   l7::WorkerReport total;
+  std::vector<std::vector<ratelimit::TopKeys::Item>> parts;
   for (const auto& w : workers) {
     l7::WorkerReport r = w->report();
     total.counters += r.counters;
@@ -115,7 +169,13 @@ l7::WorkerReport sumReports(const std::vector<std::unique_ptr<l7::Worker>>& work
       total.backends[k].requests += v.requests;
       total.backends[k].errors += v.errors;
     }
+    for (const auto& [k, v] : r.rateLimitRules) {
+      total.rateLimitRules[k].checked += v.checked;
+      total.rateLimitRules[k].limited += v.limited;
+    }
+    parts.push_back(r.topOffenders);
   }
+  total.topOffenders = ratelimit::TopKeys::merge(parts, 20);
   return total;
 }
 
@@ -188,6 +248,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   int accessFd = openAccessLog(config.logging.accessLog);
+  // One table for the process: its size is fixed at start, and its state
+  // (every client's bucket) survives config reloads.
+  std::unique_ptr<ratelimit::Table> rateTable;
+  try {
+    rateTable = std::make_unique<ratelimit::Table>(config.rateLimit.maxKeys);
+  } catch (const std::exception& e) {
+    logLine("error", std::string("rateLimit.maxKeys: cannot allocate the table: ") + e.what());
+    return 1;
+  }
 
   std::atomic<bool> stop{false};
   std::vector<std::unique_ptr<l7::Worker>> workers;
@@ -196,6 +265,7 @@ int main(int argc, char** argv) {
     o.index = i;
     o.publisher = &publisher;
     o.accessLogFd = accessFd;
+    o.rateLimitTable = rateTable.get();
     o.stop = &stop;
     std::string err;
     auto w = l7::Worker::create(o, err);
@@ -231,7 +301,7 @@ int main(int argc, char** argv) {
     if (sig < 0) continue;
     if (sig == SIGINT || sig == SIGTERM) break;
     if (sig == SIGUSR1) {
-      std::fprintf(stderr, "%s\n", countersJson(sumReports(workers)).c_str());
+      std::fprintf(stderr, "%s\n", statsJson(sumReports(workers), rateTable.get()).c_str());
       continue;
     }
     if (sig == SIGHUP) {
@@ -244,6 +314,10 @@ int main(int argc, char** argv) {
         for (const auto& e : r.errors) logLine("error", "reload " + configPath + ": " + e.toString());
         logLine("error", "reload rejected; config version " + std::to_string(version) + " keeps running");
         continue;
+      }
+      if (r.config->rateLimit.maxKeys != config.rateLimit.maxKeys) {
+        logLine("warn", "reload: rateLimit.maxKeys changes only on restart; keeping " +
+                            std::to_string(config.rateLimit.maxKeys));
       }
       if (!sameListeners(config, *r.config)) {
         logLine("error", "reload rejected: listeners and workers cannot change without a restart; config version " +
@@ -265,7 +339,7 @@ int main(int argc, char** argv) {
   logLine("info", "stopping: draining connections");
   stop.store(true);
   for (auto& t : threads) t.join();
-  std::fprintf(stderr, "%s\n", countersJson(sumReports(workers)).c_str());
+  std::fprintf(stderr, "%s\n", statsJson(sumReports(workers), rateTable.get()).c_str());
   workers.clear();
   publisher.reclaim();
   logLine("info", "stopped");

@@ -105,8 +105,13 @@ def start_proxy(name, tmp, port, backend_port):
                      BACKEND_PORT=backend_port, DIR=tmp)
         cmd = ["taskset", "-c", "0", "nginx", "-c", cfg, "-p", tmp]
     else:
-        cfg = render("moat.json.in", os.path.join(tmp, "moat.json"), PORT=port,
-                     BACKEND_PORT=backend_port)
+        # "moat" runs without rate limiting; "moat-rl" with the default
+        # per-IP token-bucket rule at a limit wrk cannot reach, so every
+        # request pays the full check (hash, set lock, GCRA) and passes.
+        rl = ('{ "rules": [ { "name": "default", "limit": 1000000000, "periodS": 300 } ] }'
+              if name == "moat-rl" else '{ "enabled": false }')
+        cfg = render("moat.json.in", os.path.join(tmp, name + ".json"), PORT=port,
+                     BACKEND_PORT=backend_port, RATE_LIMIT=rl)
         cmd = ["taskset", "-c", "0", MOATD, "--config", cfg]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -141,11 +146,11 @@ def main():
     backend = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", bcfg, "-p", tmp],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(backend_port)
-    names = ["haproxy", "nginx", "moat"]
+    names = ["haproxy", "nginx", "moat", "moat-rl"]
     results = {n: [] for n in names}
     try:
         for r in range(a.rounds):
-            order = names[r % 3:] + names[:r % 3]
+            order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
                 port = free_port()
                 p = start_proxy(name, tmp, port, backend_port)
@@ -178,6 +183,11 @@ def main():
     for n in names:
         rps, us, pc = med[n]
         lines.append(f"| {n} | {rps:.0f} | {us:.2f} | {pc:.0f} | {rps / base[0]:.2f}x | {pc / base[2]:.2f}x |")
+    rl_cost = (med["moat-rl"][1] / med["moat"][1] - 1) * 100
+    rl_rps = (1 - med["moat-rl"][0] / med["moat"][0]) * 100
+    lines.append("")
+    lines.append(f"Rate limiting on (moat-rl) vs off (moat): {rl_cost:+.1f}% proxy CPU per request, "
+                 f"{rl_rps:+.1f}% fewer requests/s.")
     table = "\n".join(lines)
     print(table)
     if a.write:
@@ -200,6 +210,8 @@ keep-alive on both sides, in front of one NGINX backend returning a 33-byte body
 (`-t1 -c{a.connections}`) and the backend share CPU 1, so on this 2-CPU machine the client side
 can be the bottleneck and req/s ratios understate differences; "req per proxy CPU-second"
 (requests divided by the proxy's own utime+stime over the run) is the per-core figure.
+`moat` runs with rate limiting off; `moat-rl` with one per-client-IP token-bucket rule (the
+default rule's code path) at a limit wrk cannot reach, so every request pays the full check.
 
 {table}
 """

@@ -15,7 +15,9 @@
 #include <unordered_map>
 #include <utility>
 
+#include "moat/l4/cidr.h"
 #include "moat/l4/maglev.h"
+#include "moat/ratelimit/limiter.h"
 
 namespace moat::control {
 
@@ -36,6 +38,10 @@ constexpr int64_t kMinRequestLine = 256;
 constexpr int64_t kMaxHeadersLimit = 128;
 // 4 MiB of uint32 per pool; larger tables buy nothing measurable.
 constexpr int64_t kMaxMaglevTableSize = 1000003;
+constexpr int64_t kMaxRateLimitKeys = 100000000;  // 2.8 GB of table: beyond that, shard
+constexpr int64_t kMaxRateLimitPeriodS = 86400;
+constexpr int64_t kMaxRateLimitCount = 1000000000;
+constexpr int64_t kMaxRateLimitRules = 64;
 
 std::string join(const std::string& path, std::string_view key) {
   return path.empty() ? std::string(key) : path + "." + std::string(key);
@@ -168,11 +174,19 @@ class Validator {
         limits(v, key);
       } else if (key == "logging") {
         logging(v, key);
+      } else if (key == "rateLimit") {
+        rateLimit(v, key);
       } else {
-        unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging");
+        unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging, rateLimit");
       }
     }
     if (!sawListeners) error("listeners", "missing required field");
+    // Rules name listeners that must exist (checked once all are known).
+    for (const auto& [path, name] : ruleListenerRefs_) {
+      bool found = false;
+      for (const ListenerConfig& l : config_.listeners) found = found || l.name == name;
+      if (!found) error(path, "no listener named " + jsonQuote(name));
+    }
   }
 
   Config take() { return std::move(config_); }
@@ -311,8 +325,10 @@ class Validator {
           if (s && *s != "http") {
             error(fp, "unknown protocol " + jsonQuote(*s) + " (allowed: http)");
           }
+        } else if (m.key() == "proxyProtocol") {
+          boolean(m.value(), fp, &lc.proxyProtocol);
         } else {
-          unknown(fp, "name, address, port, protocol");
+          unknown(fp, "name, address, port, protocol, proxyProtocol");
         }
       }
       if (!sawAddress) error(join(lp, "address"), "missing required field");
@@ -577,8 +593,209 @@ class Validator {
     }
   }
 
+  bool boolean(const Json& j, const std::string& path, bool* out) {
+    if (!j.is_boolean()) {
+      wrongType(j, path, "true or false");
+      return false;
+    }
+    *out = j.get<bool>();
+    return true;
+  }
+
+  bool count64(const Json& j, const std::string& path, int64_t lo, int64_t hi, uint64_t* out) {
+    if (!isInteger(j, path)) return false;
+    if (!inRange(j, lo, hi)) {
+      error(path, "must be " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
+                      j.dump());
+      return false;
+    }
+    *out = j.get<uint64_t>();
+    return true;
+  }
+
+  // An array of strings, each checked by `check` (which reports its own error).
+  template <class Check>
+  void stringList(const Json& j, const std::string& path, std::vector<std::string>* out,
+                  Check&& check) {
+    if (!array(j, path)) return;
+    out->clear();
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string ip = indexed(path, i);
+      std::optional<std::string> s = string(j[i], ip);
+      if (s && check(*s, ip)) out->push_back(std::move(*s));
+    }
+  }
+
+  void cidrList(const Json& j, const std::string& path, std::vector<std::string>* out) {
+    stringList(j, path, out, [&](const std::string& s, const std::string& ip) {
+      l4::CidrSet probe;
+      std::string err;
+      if (probe.add(s, &err)) return true;
+      error(ip, err);
+      return false;
+    });
+  }
+
+  void rateLimit(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    RateLimitConfig& rl = config_.rateLimit;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      if (m.key() == "enabled") {
+        boolean(m.value(), fp, &rl.enabled);
+      } else if (m.key() == "maxKeys") {
+        uintInRange(m.value(), fp, 1, kMaxRateLimitKeys, "", &rl.maxKeys);
+      } else if (m.key() == "trustedProxies") {
+        cidrList(m.value(), fp, &rl.trustedProxies);
+      } else if (m.key() == "allow") {
+        cidrList(m.value(), fp, &rl.allow);
+      } else if (m.key() == "deny") {
+        cidrList(m.value(), fp, &rl.deny);
+      } else if (m.key() == "escalation") {
+        if (!object(m.value(), fp)) continue;
+        for (const auto& e : m.value().items()) {
+          const std::string ep = join(fp, e.key());
+          if (e.key() == "after") {
+            uintInRange(e.value(), ep, 0, 1000000, "", &rl.escalateAfter);
+          } else if (e.key() == "cooldownS") {
+            uintInRange(e.value(), ep, 1, kMaxRateLimitPeriodS, " s", &rl.escalateCooldownS);
+          } else {
+            unknown(ep, "after, cooldownS");
+          }
+        }
+      } else if (m.key() == "rules") {
+        rateLimitRules(m.value(), fp);
+      } else {
+        unknown(fp, "enabled, maxKeys, trustedProxies, allow, deny, escalation, rules");
+      }
+    }
+  }
+
+  void rateLimitRules(const Json& j, const std::string& path) {
+    std::vector<RateLimitRuleConfig>& rules = config_.rateLimit.rules;
+    rules.clear();
+    if (!array(j, path)) return;
+    if (j.size() > static_cast<size_t>(kMaxRateLimitRules)) {
+      error(path, "at most " + std::to_string(kMaxRateLimitRules) + " rules");
+      return;
+    }
+    std::unordered_map<std::string, std::string> byName;
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string rp = indexed(path, i);
+      const Json& r = j[i];
+      if (!object(r, rp)) continue;
+      RateLimitRuleConfig rc;
+      bool sawName = false;
+      for (const auto& m : r.items()) {
+        const std::string fp = join(rp, m.key());
+        const Json& v = m.value();
+        if (m.key() == "name") {
+          sawName = true;
+          std::optional<std::string> s = string(v, fp);
+          if (!s) continue;
+          bool ok = !s->empty() && s->size() <= 64;
+          for (char c : *s) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.');
+          if (!ok) {
+            error(fp, jsonQuote(*s) + " is not a rule name (1-64 of A-Z a-z 0-9 _ - .)");
+            continue;
+          }
+          rc.name = *s;
+          auto [it, fresh] = byName.emplace(*s, rp);
+          if (!fresh) error(fp, "duplicate rule name " + jsonQuote(*s) + " (also " + it->second + ")");
+        } else if (m.key() == "algorithm") {
+          std::optional<std::string> s = string(v, fp);
+          if (s && *s == "token_bucket") {
+            rc.algorithm = RateLimitAlgorithm::kTokenBucket;
+          } else if (s && *s == "sliding_window") {
+            rc.algorithm = RateLimitAlgorithm::kSlidingWindow;
+          } else if (s) {
+            error(fp, "unknown algorithm " + jsonQuote(*s) + " (allowed: token_bucket, sliding_window)");
+          }
+        } else if (m.key() == "limit") {
+          count64(v, fp, 1, kMaxRateLimitCount, &rc.limit);
+        } else if (m.key() == "periodS") {
+          uintInRange(v, fp, 1, kMaxRateLimitPeriodS, " s", &rc.periodS);
+        } else if (m.key() == "burst") {
+          count64(v, fp, 1, kMaxRateLimitCount, &rc.burst);
+        } else if (m.key() == "key") {
+          std::optional<std::string> s = string(v, fp);
+          if (!s) continue;
+          auto named = [&](std::string_view prefix, RateLimitKey k) {
+            if (s->rfind(prefix, 0) != 0) return false;
+            std::string n = s->substr(prefix.size());
+            bool ok = !n.empty();
+            for (char& c : n) {
+              ok = ok && c > 0x20 && c < 0x7f && std::string_view("()<>@,;:\\\"/[]?={}").find(c) == std::string_view::npos;
+              if (k == RateLimitKey::kHeader) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+            }
+            if (!ok) {
+              error(fp, jsonQuote(*s) + ": the name after \"" + std::string(prefix) + "\" is not a token");
+            } else {
+              rc.key = k;
+              rc.keyName = n;
+            }
+            return true;
+          };
+          if (*s == "ip") {
+            rc.key = RateLimitKey::kIp;
+          } else if (*s == "ip_route") {
+            rc.key = RateLimitKey::kIpRoute;
+          } else if (!named("header:", RateLimitKey::kHeader) && !named("cookie:", RateLimitKey::kCookie)) {
+            error(fp, "unknown key " + jsonQuote(*s) + " (allowed: ip, ip_route, header:NAME, cookie:NAME)");
+          }
+        } else if (m.key() == "ipv4Prefix") {
+          uintInRange(v, fp, 1, 32, "", &rc.ipv4Prefix);
+        } else if (m.key() == "ipv6Prefix") {
+          uintInRange(v, fp, 1, 128, "", &rc.ipv6Prefix);
+        } else if (m.key() == "listeners") {
+          stringList(v, fp, &rc.listeners, [&](const std::string& s, const std::string& ip) {
+            ruleListenerRefs_.emplace_back(ip, s);
+            return true;
+          });
+        } else if (m.key() == "hosts") {
+          stringList(v, fp, &rc.hosts, [&](const std::string& s, const std::string& ip) {
+            if (s.empty()) {
+              error(ip, "must not be empty");
+              return false;
+            }
+            return true;
+          });
+          for (std::string& h : rc.hosts) {
+            for (char& c : h) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          }
+        } else if (m.key() == "pathPrefixes") {
+          stringList(v, fp, &rc.pathPrefixes, [&](const std::string& s, const std::string& ip) {
+            if (s.empty() || s.front() != '/') {
+              error(ip, "must start with \"/\", got " + jsonQuote(s));
+              return false;
+            }
+            return true;
+          });
+        } else if (m.key() == "dryRun") {
+          boolean(v, fp, &rc.dryRun);
+        } else if (m.key() == "headers") {
+          boolean(v, fp, &rc.headers);
+        } else {
+          unknown(fp, "name, algorithm, limit, periodS, burst, key, ipv4Prefix, ipv6Prefix, "
+                      "listeners, hosts, pathPrefixes, dryRun, headers");
+        }
+      }
+      if (!sawName) error(join(rp, "name"), "missing required field");
+      if (rc.algorithm == RateLimitAlgorithm::kSlidingWindow) {
+        if (rc.limit > ratelimit::kMaxSlidingWindowLimit) {
+          error(join(rp, "limit"), "a sliding window counts at most " +
+                                       std::to_string(ratelimit::kMaxSlidingWindowLimit) +
+                                       " requests");
+        }
+        if (r.contains("burst")) error(join(rp, "burst"), "only a token bucket has a burst");
+      }
+      rules.push_back(std::move(rc));
+    }
+  }
+
   Config config_;
   std::set<std::string> poolNames_;
+  std::vector<std::pair<std::string, std::string>> ruleListenerRefs_;  // path, listener name
 };
 
 }  // namespace
@@ -656,6 +873,14 @@ const char* toString(BalanceAlgorithm a) {
 const char* toString(ListenerProtocol p) {
   switch (p) {
     case ListenerProtocol::kHttp: return "http";
+  }
+  return "unknown";
+}
+
+const char* toString(RateLimitAlgorithm a) {
+  switch (a) {
+    case RateLimitAlgorithm::kTokenBucket: return "token_bucket";
+    case RateLimitAlgorithm::kSlidingWindow: return "sliding_window";
   }
   return "unknown";
 }

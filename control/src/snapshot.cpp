@@ -76,6 +76,63 @@ const RouteRuntime* Snapshot::matchRoute(std::string_view host, std::string_view
   return nullptr;
 }
 
+ratelimit::Rules buildRateLimitRules(const Config& config) {
+  const RateLimitConfig& rc = config.rateLimit;
+  ratelimit::Rules out;
+  out.enabled = rc.enabled && (!rc.rules.empty() || !rc.deny.empty());
+  auto fill = [](l4::CidrSet& set, const std::vector<std::string>& list) {
+    for (const std::string& c : list) {
+      std::string err;
+      if (!set.add(c, &err)) throw std::runtime_error("rateLimit: " + err);
+    }
+    set.seal();
+  };
+  fill(out.trustedProxies, rc.trustedProxies);
+  fill(out.allow, rc.allow);
+  fill(out.deny, rc.deny);
+  out.escalateAfter = rc.escalateAfter;
+  out.cooldownNs = uint64_t{rc.escalateCooldownS} * 1'000'000'000;
+  for (const RateLimitRuleConfig& c : rc.rules) {
+    ratelimit::Rule r;
+    r.name = c.name;
+    r.policy.algorithm = c.algorithm == RateLimitAlgorithm::kTokenBucket
+                             ? ratelimit::Algorithm::kTokenBucket
+                             : ratelimit::Algorithm::kSlidingWindow;
+    r.policy.limit = c.limit;
+    r.policy.periodNs = uint64_t{c.periodS} * 1'000'000'000;
+    r.policy.burst = c.burst != 0 ? c.burst : c.limit;
+    // The seed names the rule and its arithmetic: editing a rule's numbers
+    // starts its keys afresh rather than reinterpreting old state.
+    std::string identity = c.name + "\n" + toString(c.algorithm) + "\n" +
+                           std::to_string(c.limit) + "/" + std::to_string(c.periodS) + "/" +
+                           std::to_string(r.policy.burst) + "\n" + std::to_string(static_cast<int>(c.key)) +
+                           c.keyName + "/" + std::to_string(c.ipv4Prefix) + "/" + std::to_string(c.ipv6Prefix);
+    r.seed = ratelimit::hashKey(0x726c2d73656564ull, identity).lo;
+    switch (c.key) {
+      case RateLimitKey::kIp: r.key = ratelimit::KeyKind::kIp; break;
+      case RateLimitKey::kIpRoute: r.key = ratelimit::KeyKind::kIpRoute; break;
+      case RateLimitKey::kHeader: r.key = ratelimit::KeyKind::kHeader; break;
+      case RateLimitKey::kCookie: r.key = ratelimit::KeyKind::kCookie; break;
+    }
+    r.keyName = c.keyName;
+    r.v4Prefix = static_cast<uint8_t>(c.ipv4Prefix);
+    r.v6Prefix = static_cast<uint8_t>(c.ipv6Prefix);
+    for (const std::string& name : c.listeners) {
+      for (size_t i = 0; i < config.listeners.size(); ++i) {
+        if (config.listeners[i].name == name) r.listeners.push_back(static_cast<uint32_t>(i));
+      }
+    }
+    r.hosts = c.hosts;
+    r.pathPrefixes = c.pathPrefixes;
+    r.dryRun = c.dryRun;
+    r.headers = c.headers;
+    r.policyField = "\"" + c.name + "\";q=" + std::to_string(c.limit) + ";w=" +
+                    std::to_string(c.periodS);
+    out.rules.push_back(std::move(r));
+  }
+  return out;
+}
+
 std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version) {
   auto snap = std::make_unique<Snapshot>();
   snap->version = version;
@@ -114,6 +171,7 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
     }
     snap->routes.push_back(std::move(rr));
   }
+  snap->rateLimit = buildRateLimitRules(config);
   // Specific host before any-host; within each, longest prefix first; ties
   // keep document order.
   std::stable_sort(snap->routes.begin(), snap->routes.end(),

@@ -49,6 +49,10 @@ void appendAccessLine(std::string& out, const AccessRecord& r) {
   out.append(std::to_string(r.upstreamMs));
   out.append(",\"request_id\":");
   appendJsonString(out, r.requestId);
+  if (!r.rateLimit.empty()) {
+    out.append(",\"rate_limit\":");
+    appendJsonString(out, r.rateLimit);
+  }
   if (!r.error.empty()) {
     out.append(",\"error\":");
     appendJsonString(out, r.error);

@@ -21,6 +21,7 @@ struct AccessRecord {
   uint64_t durationMs = 0, upstreamMs = 0;
   std::string_view requestId;
   std::string_view error;  // why the proxy answered itself (400/408/5xx), else ""
+  std::string_view rateLimit;  // rule that refused, "dry-run:<rule>", "banned", else ""
 };
 
 // Appends one line (with '\n'). Escapes per RFC 8259; bytes >= 0x80 that are

@@ -37,7 +37,9 @@
 
 #include "access_log.h"
 #include "moat/dataplane/loop.h"
+#include "moat/l4/cidr.h"
 #include "moat/l4/maglev.h"
+#include "moat/ratelimit/rules.h"
 #include "moat/l7/http_parser.h"
 
 namespace moat::l7 {
@@ -145,6 +147,7 @@ struct ClientConn {
   char ip[INET6_ADDRSTRLEN] = {};
   uint8_t ipBytes[16] = {};
   uint8_t ipLen = 0;
+  l4::IpAddress peer;
   enum class State : uint8_t { kReadingHead, kProxying, kClosing } state = State::kReadingHead;
   bool closed = false;
   bool closeAfterFlush = false;
@@ -173,8 +176,10 @@ struct ClientConn {
 
   std::string reqHeadOut;   // rewritten request head (kept for one retry)
   std::string respHeadOut;  // rewritten response head or error response
+  std::string rlHeaders;    // RateLimit fields for this response ("" = none)
   std::string assembly;     // head spanning several receive buffers
   std::string logMethod, logTarget, logHost, logRoute, requestId;
+  std::string logRateLimit;  // rule that refused (or would have, in dry run)
   NamedCounters* routeCounters = nullptr;  // per-worker, keyed by route name; never freed
   uint64_t startMs = 0, upStartMs = 0, upEndMs = 0, reqBytesIn = 0, reqBytesOut = 0;
 };
@@ -315,9 +320,11 @@ bool validRequestId(std::string_view v) {
 const char* reasonPhrase(int status) {
   switch (status) {
     case 400: return "Bad Request";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 408: return "Request Timeout";
     case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
@@ -386,6 +393,10 @@ struct Worker::Impl {
   ProxyCounters c;
   std::unordered_map<std::string, NamedCounters> routeCounters;  // node-stable
   std::vector<NamedCounters*> routeCounterPtr;  // per snapshot route index
+  std::unordered_map<std::string, RateLimitRuleCounters> rlCounters;  // node-stable, by name
+  std::vector<RateLimitRuleCounters*> rlCounterPtr;  // per snapshot rule index
+  ratelimit::TopKeys topOffenders;
+  std::string_view xffValues[8];
   std::string logBuf;
   char timeStr[32] = {};
   time_t timeStrSec = 0;
@@ -569,6 +580,8 @@ struct Worker::Impl {
     limits.maxHeaders = cfg.limits.maxHeaders;
     routeCounterPtr.clear();
     for (const auto& r : s->routes) routeCounterPtr.push_back(&routeCounters[r.name]);
+    rlCounterPtr.clear();
+    for (const auto& r : s->rateLimit.rules) rlCounterPtr.push_back(&rlCounters[r.name]);
     poolBackends.assign(s->pools.size(), {});
     rrCursor.assign(s->pools.size(), static_cast<uint32_t>(opts.index));
     std::unordered_map<std::string, bool> live;
@@ -775,6 +788,7 @@ struct Worker::Impl {
     r.upstreamMs = cc->upStartMs != 0 ? (cc->upEndMs != 0 ? cc->upEndMs : now()) - cc->upStartMs : 0;
     r.requestId = cc->requestId;
     r.error = error;
+    r.rateLimit = cc->logRateLimit;
     appendAccessLine(logBuf, r);
   }
 
@@ -797,7 +811,8 @@ struct Worker::Impl {
   // Answers the current request with `status` and a one-line body. The
   // connection closes afterwards when `close` is set or the request body
   // was not fully read.
-  void sendError(ClientConn* cc, int status, std::string_view text, bool close) {
+  void sendError(ClientConn* cc, int status, std::string_view text, bool close,
+                 std::string_view extraHeaders = {}) {
     if (cc->respStarted) {  // part of a response is out: only closing is honest
       ++c.clientAborts;
       closeClient(cc);
@@ -815,7 +830,7 @@ struct Worker::Impl {
     o.append(std::to_string(text.size() + 1));
     if (!cc->requestId.empty()) o.append("\r\nX-Request-Id: ").append(cc->requestId);
     if (closing) o.append("\r\nConnection: close");
-    o.append("\r\n\r\n").append(text).append("\n");
+    o.append("\r\n").append(extraHeaders).append("\r\n").append(text).append("\n");
     cc->reqBytesOut += o.size();
     c.bytesOut += o.size();
     queue(cc->ep, o.data(), o.size(), -1);
@@ -875,6 +890,15 @@ struct Worker::Impl {
         memcpy(cc->ipBytes, &a->sin6_addr, 16);
         cc->ipLen = 16;
       }
+    }
+    cc->peer = l4::IpAddress::fromBytes(cc->ipBytes, cc->ipLen);
+    if (opts.rateLimitTable != nullptr &&
+        ratelimit::isBanned(snap->rateLimit, *opts.rateLimitTable, cc->peer, loop->nowNs())) {
+      // A banned client: drop before reading a byte (the L4 drop list on
+      // DPDK; on sockets the handshake is already paid, nothing more is).
+      ++c.rateLimitBannedConnections;
+      closeClient(cc);
+      return;
     }
     armRecv(cc->ep);
     armTimer(cc, TimerKind::kClientIdle, snap->config.timeouts.idleMs);
@@ -1079,6 +1103,12 @@ struct Worker::Impl {
     }
     cc->logRoute.assign(route->name);
     cc->routeCounters = routeCounterPtr[static_cast<size_t>(route - snap->routes.data())];
+    cc->rlHeaders.clear();
+    cc->logRateLimit.clear();
+    if (opts.rateLimitTable != nullptr && snap->rateLimit.enabled &&
+        !admitRateLimit(cc, h, path, *route)) {
+      return !cc->closed && cc->state == ClientConn::State::kReadingHead;
+    }
     BackendState* b = pickBackend(route->pool, cc);
     if (b == nullptr) {
       ++c.noBackend;
@@ -1125,6 +1155,83 @@ struct Worker::Impl {
     if (!attachUpstream(cc, b, false)) return false;
     forwardRequestBody(cc);
     return false;  // the exchange continues on completions
+  }
+
+  // Rate limiting, before any backend work. Returns false when the request
+  // was answered here (403/429); the head is then consumed.
+  bool admitRateLimit(ClientConn* cc, const RequestHead& h, std::string_view path,
+                      const control::RouteRuntime& route) {
+    const ratelimit::Rules& rules = snap->rateLimit;
+    ratelimit::RequestInfo ri;
+    ri.listener = cc->listener;
+    ri.host = h.host;
+    ri.path = path;
+    ri.route = route.name;
+    ri.client = cc->peer;
+    if (!rules.trustedProxies.empty()) {
+      size_t n = 0;
+      for (uint32_t i = 0; i < h.headerCount && n < std::size(xffValues); ++i) {
+        if (iequals(h.headers[i].name, "x-forwarded-for")) xffValues[n++] = h.headers[i].value;
+      }
+      bool invalid = false;
+      ri.client = ratelimit::resolveClient(rules.trustedProxies, cc->peer,
+                                           std::span<const std::string_view>(xffValues, n), &invalid);
+      if (invalid) ++c.xffInvalid;
+    }
+    ri.headers.ctx = &h;
+    ri.headers.forEach = [](const void* ctx, std::string_view name,
+                            bool (*fn)(void*, std::string_view), void* fnCtx) {
+      const auto* head = static_cast<const RequestHead*>(ctx);
+      for (uint32_t i = 0; i < head->headerCount; ++i) {
+        if (iequals(head->headers[i].name, name) && fn(fnCtx, head->headers[i].value)) return true;
+      }
+      return false;
+    };
+    ratelimit::Verdict v = ratelimit::evaluate(rules, *opts.rateLimitTable, ri, loop->nowNs());
+    for (size_t i = 0; i < rules.rules.size() && i < rlCounterPtr.size(); ++i) {
+      if ((v.matched >> i & 1) == 0) continue;
+      ++rlCounterPtr[i]->checked;
+      if ((v.limited >> i & 1) == 0) continue;
+      ++rlCounterPtr[i]->limited;
+      if (rules.rules[i].dryRun) {
+        ++c.rateLimitDryRun;
+        if (cc->logRateLimit.empty()) cc->logRateLimit.append("dry-run:").append(rules.rules[i].name);
+      }
+    }
+    if (v.escalated) ++c.rateLimitEscalations;
+    switch (v.action) {
+      case ratelimit::Action::kAllow:
+        ratelimit::appendHeaders(v, cc->rlHeaders);
+        return true;
+      case ratelimit::Action::kDeny:
+        ++c.rateLimitDenyListed;
+        consume(cc->ep, h.headBytes);
+        sendError(cc, 403, "client address is denied", false);
+        return false;
+      case ratelimit::Action::kBanned:
+      case ratelimit::Action::kLimit: {
+        if (v.action == ratelimit::Action::kBanned) {
+          ++c.rateLimitBanned;
+          cc->logRateLimit.assign("banned");
+        } else {
+          ++c.rateLimited;
+          cc->logRateLimit.assign(v.rule->name);
+          char key[128];
+          size_t n = ratelimit::describeKey(*v.rule, ri, key, sizeof key);
+          ratelimit::KeyHash kh = ratelimit::hashKey(v.rule->seed, std::string_view(key, n));
+          topOffenders.add(kh.lo, v.rule->name, std::string_view(key, n));
+        }
+        ratelimit::appendHeaders(v, cc->rlHeaders);
+        consume(cc->ep, h.headBytes);
+        sendError(cc, 429,
+                  v.action == ratelimit::Action::kBanned
+                      ? std::string_view("client is banned for repeated rate-limit violations")
+                      : std::string_view("rate limit exceeded"),
+                  false, cc->rlHeaders);
+        return false;
+      }
+    }
+    return true;
   }
 
   // Gives the request an upstream connection: a pooled one if possible.
@@ -1379,6 +1486,7 @@ struct Worker::Impl {
         o.append(f.name).append(": ").append(f.value).append("\r\n");
       }
       if (!cc->keepAlive) o.append("Connection: close\r\n");
+      o.append(cc->rlHeaders);
       o.append("\r\n");
       consume(u->ep, h.headBytes);
       cc->respHeadDone = true;
@@ -1554,6 +1662,8 @@ struct Worker::Impl {
     for (auto& l : listeners) published.listeners[l.name] = l.counters;
     for (auto& [k, v] : routeCounters) published.routes[k] = v;
     for (auto& [k, v] : backends) published.backends[k] = v->counters;
+    for (auto& [k, v] : rlCounters) published.rateLimitRules[k] = v;
+    published.topOffenders = topOffenders.items();
   }
 
   void turn(int timeoutMs) {

@@ -97,7 +97,12 @@ class Moatd:
         return rc
 
 
-def base_config(port, pools, routes=None, timeouts=None):
+# Load from one address would trip the default rule (2000 requests per
+# 5 minutes per client IP); load tests switch rate limiting off.
+NO_RATE_LIMIT = {"enabled": False}
+
+
+def base_config(port, pools, routes=None, timeouts=None, rate_limit=None):
     cfg = {
         "listeners": [{"name": "public", "address": "127.0.0.1", "port": port, "protocol": "http"}],
         "pools": pools,
@@ -105,6 +110,8 @@ def base_config(port, pools, routes=None, timeouts=None):
     }
     if timeouts:
         cfg["timeouts"] = timeouts
+    if rate_limit is not None:
+        cfg["rateLimit"] = rate_limit
     return cfg
 
 
@@ -530,7 +537,7 @@ class ReloadTest(unittest.TestCase):
         def cfg(w1, w2):
             return base_config(port, [{"name": "p", "balance": "round_robin", "backends": [
                 {"address": "127.0.0.1", "port": b1.port, "weight": w1},
-                {"address": "127.0.0.1", "port": b2.port, "weight": w2}]}])
+                {"address": "127.0.0.1", "port": b2.port, "weight": w2}]}], rate_limit=NO_RATE_LIMIT)
         m = Moatd(cfg(1, 1))
         failures = []
         counts = {"ok": 0}
@@ -637,7 +644,8 @@ class MixedLoadTest(unittest.TestCase):
         b1, b2 = Backend("m1"), Backend("m2")
         port = free_port()
         m = Moatd(base_config(port, [{"name": "p", "backends": [
-            {"address": "127.0.0.1", "port": b1.port}, {"address": "127.0.0.1", "port": b2.port}]}]))
+            {"address": "127.0.0.1", "port": b1.port}, {"address": "127.0.0.1", "port": b2.port}]}],
+            rate_limit=NO_RATE_LIMIT))
         try:
             stats = self.run_load(port, 5)
             self.assertEqual(set(stats), {200}, stats)
@@ -649,7 +657,8 @@ class MixedLoadTest(unittest.TestCase):
             b1_port = b1.port
             b1 = Backend("m1")  # new process, maybe a new port: reload to it
             cfg = base_config(port, [{"name": "p", "backends": [
-                {"address": "127.0.0.1", "port": b1.port}, {"address": "127.0.0.1", "port": b2.port}]}])
+                {"address": "127.0.0.1", "port": b1.port}, {"address": "127.0.0.1", "port": b2.port}]}],
+                rate_limit=NO_RATE_LIMIT)
             m.write(cfg)
             m.proc.send_signal(signal.SIGHUP)
             m.wait_log("config version 2 applied")

@@ -23,6 +23,9 @@ struct ListenerConfig {
   std::string address;  // IPv4 or IPv6 literal
   uint16_t port = 0;
   ListenerProtocol protocol = ListenerProtocol::kHttp;
+  // Expect a PROXY protocol v1/v2 header first on every connection; accepted
+  // only from rateLimit.trustedProxies (others are closed and counted).
+  bool proxyProtocol = false;
 };
 
 struct BackendConfig {
@@ -63,6 +66,37 @@ struct LoggingConfig {
   std::string accessLog = "-";  // "-" stdout, "" off, else a file path
 };
 
+enum class RateLimitAlgorithm : uint8_t { kTokenBucket, kSlidingWindow };
+enum class RateLimitKey : uint8_t { kIp, kIpRoute, kHeader, kCookie };
+
+struct RateLimitRuleConfig {
+  std::string name = "default";  // unique; shown in headers, counters and logs
+  RateLimitAlgorithm algorithm = RateLimitAlgorithm::kTokenBucket;
+  uint64_t limit = 2000;  // requests per period
+  uint32_t periodS = 300;
+  uint64_t burst = 0;     // token bucket capacity; 0 = limit
+  RateLimitKey key = RateLimitKey::kIp;
+  std::string keyName;    // header name (lowercase) or cookie name
+  uint32_t ipv4Prefix = 32;
+  uint32_t ipv6Prefix = 64;
+  std::vector<std::string> listeners;     // empty = all
+  std::vector<std::string> hosts;         // lowercase; empty = all
+  std::vector<std::string> pathPrefixes;  // empty = all
+  bool dryRun = false;    // count and log, never refuse
+  bool headers = false;   // RateLimit headers on allowed responses too
+};
+
+struct RateLimitConfig {
+  bool enabled = true;
+  uint32_t maxKeys = 1000000;  // fixed at start (changing it needs a restart)
+  std::vector<std::string> trustedProxies;  // CIDRs allowed to set X-Forwarded-For / PROXY
+  std::vector<std::string> allow;           // CIDRs never limited
+  std::vector<std::string> deny;            // CIDRs always refused (403)
+  uint32_t escalateAfter = 0;        // 429s within escalateCooldownS that ban a client; 0 = off
+  uint32_t escalateCooldownS = 600;  // how long a banned client's connections are dropped
+  std::vector<RateLimitRuleConfig> rules{RateLimitRuleConfig{}};  // default: 2000 / 5 min / IP
+};
+
 struct Config {
   uint32_t workers = 0;  // 0 = one per online CPU
   std::vector<ListenerConfig> listeners;
@@ -71,6 +105,7 @@ struct Config {
   TimeoutsConfig timeouts;
   LimitsConfig limits;
   LoggingConfig logging;
+  RateLimitConfig rateLimit;
 };
 
 struct ConfigError {
@@ -100,5 +135,6 @@ std::string_view defaultConfigJson();
 const char* toString(BalanceAlgorithm a);
 const char* toString(ListenerProtocol p);
 const char* toString(LogLevel l);
+const char* toString(RateLimitAlgorithm a);
 
 }  // namespace moat::control

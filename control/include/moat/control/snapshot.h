@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "moat/control/config.h"
+#include "moat/ratelimit/rules.h"
 
 namespace moat::control {
 
@@ -55,11 +56,15 @@ struct Snapshot {
   Config config;
   std::vector<PoolRuntime> pools;
   std::vector<RouteRuntime> routes;  // exact hosts first, then longest prefix first
+  ratelimit::Rules rateLimit;
 
   // Route for a request. `host` may carry a port and any case; no
   // allocation. Returns null when nothing matches.
   const RouteRuntime* matchRoute(std::string_view host, std::string_view path) const;
 };
+
+// The rate-limit rules of a validated config (also used by tests).
+ratelimit::Rules buildRateLimitRules(const Config& config);
 
 // Builds the runtime snapshot from a validated config. Throws
 // std::runtime_error only for conditions validation cannot see.

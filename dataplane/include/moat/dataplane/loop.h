@@ -93,8 +93,9 @@ class Loop {
   // completion and dispatches all that are ready. Returns completions seen.
   int runOnce(int timeoutMs);
 
-  // Monotonic milliseconds, refreshed once per runOnce (cheap to call).
+  // CLOCK_MONOTONIC, refreshed once per runOnce (cheap to call).
   uint64_t nowMs() const;
+  uint64_t nowNs() const;
   const LoopStats& stats() const;
 
   struct Impl;

@@ -16,6 +16,7 @@
 
 #include "moat/control/config.h"
 #include "moat/control/snapshot.h"
+#include "moat/ratelimit/limiter.h"
 
 namespace moat::l7 {
 
@@ -51,7 +52,14 @@ namespace moat::l7 {
   X(accessLogDropped, "access_log_dropped")  /* lines dropped: sink too slow */       \
   X(loopWaits, "loop_waits")                 /* io_uring_enter calls */               \
   X(loopCompletions, "loop_completions")     /* completions / waits = batching */     \
-  X(recvNoBuffers, "recv_no_buffers")        /* buffer ring ran dry: raise count */
+  X(recvNoBuffers, "recv_no_buffers")        /* buffer ring ran dry: raise count */ \
+  X(rateLimited, "rate_limited")             /* 429 sent: a rule ran out */            \
+  X(rateLimitDryRun, "rate_limit_dry_run")   /* dry-run rules that would have refused */ \
+  X(rateLimitDenyListed, "rate_limit_deny_listed") /* 403: client in rateLimit.deny */  \
+  X(rateLimitBanned, "rate_limit_banned")    /* 429 to a client in the penalty box */   \
+  X(rateLimitBannedConnections, "rate_limit_banned_connections") /* closed at accept */ \
+  X(rateLimitEscalations, "rate_limit_escalations") /* clients put in the penalty box */ \
+  X(xffInvalid, "xff_invalid")  /* trusted hop wrote a non-address in X-Forwarded-For */
 
 struct ProxyCounters {
 #define MOAT_COUNTER_FIELD(field, name) uint64_t field = 0;
@@ -79,9 +87,16 @@ struct NamedCounters {
   uint64_t errors = 0;  // 5xx answered
 };
 
+struct RateLimitRuleCounters {
+  uint64_t checked = 0;  // requests the rule applied to
+  uint64_t limited = 0;  // of which refused (or, in dry run, would have been)
+};
+
 struct WorkerReport {
   ProxyCounters counters;
   std::map<std::string, NamedCounters> listeners, routes, backends;
+  std::map<std::string, RateLimitRuleCounters> rateLimitRules;
+  std::vector<ratelimit::TopKeys::Item> topOffenders;  // this worker's most refused keys
   uint64_t configVersion = 0;
 };
 
@@ -94,6 +109,8 @@ class Worker {
     size_t index = 0;
     control::SnapshotPublisher* publisher = nullptr;
     int accessLogFd = -1;  // -1: off
+    // Shared by every worker; outlives them. Null: rate limiting is off.
+    ratelimit::Table* rateLimitTable = nullptr;
     const std::atomic<bool>* stop = nullptr;
   };
 
