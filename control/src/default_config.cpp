@@ -25,7 +25,12 @@ std::string_view defaultConfigJson() {
   "timeouts": { "connectMs": 2000, "requestHeaderMs": 10000, "idleMs": 60000,
                 "upstreamResponseMs": 30000 },
   "limits": { "maxHeaderBytes": 32768, "maxRequestLine": 8192, "maxHeaders": 100 },
-  "logging": { "level": "info", "accessLog": "-" }
+  "logging": { "level": "info", "accessLog": "-" },
+  "rateLimit": {
+    "enabled": true,
+    "maxKeys": 1000000,
+    "rules": [ { "name": "default", "limit": 2000, "periodS": 300, "key": "ip" } ]
+  }
 }
 )json";
   return kDefault;

@@ -41,6 +41,7 @@
 #include "moat/l4/maglev.h"
 #include "moat/ratelimit/rules.h"
 #include "moat/l7/http_parser.h"
+#include "moat/l7/proxy_protocol.h"
 
 namespace moat::l7 {
 
@@ -148,6 +149,7 @@ struct ClientConn {
   uint8_t ipBytes[16] = {};
   uint8_t ipLen = 0;
   l4::IpAddress peer;
+  bool awaitProxyHeader = false;  // PROXY listener: header not seen yet
   enum class State : uint8_t { kReadingHead, kProxying, kClosing } state = State::kReadingHead;
   bool closed = false;
   bool closeAfterFlush = false;
@@ -892,6 +894,16 @@ struct Worker::Impl {
       }
     }
     cc->peer = l4::IpAddress::fromBytes(cc->ipBytes, cc->ipLen);
+    cc->awaitProxyHeader = false;
+    if (listener < snap->config.listeners.size() &&
+        snap->config.listeners[listener].proxyProtocol) {
+      if (!snap->rateLimit.trustedProxies.contains(cc->peer)) {
+        ++c.proxyProtocolRefused;  // only a trusted proxy may say who the client is
+        closeClient(cc);
+        return;
+      }
+      cc->awaitProxyHeader = true;
+    }
     if (opts.rateLimitTable != nullptr &&
         ratelimit::isBanned(snap->rateLimit, *opts.rateLimitTable, cc->peer, loop->nowNs())) {
       // A banned client: drop before reading a byte (the L4 drop list on
@@ -1024,7 +1036,51 @@ struct Worker::Impl {
 
   // Parses and dispatches the next request head. Returns true when a
   // request was dispatched and the state machine should continue.
+  // The PROXY protocol header a trusted proxy sends first. Returns true when
+  // it was consumed and parsing should go on.
+  bool parseProxyPreamble(ClientConn* cc) {
+    std::string_view v = headView(cc->ep, cc->assembly, kMaxProxyHeader);
+    ProxyHeader ph;
+    switch (parseProxyHeader(v.data(), v.size(), ph)) {
+      case ProxyHeaderStatus::kIncomplete:
+        if (cc->timer != TimerKind::kClientHeader) {
+          armTimer(cc, TimerKind::kClientHeader, snap->config.timeouts.requestHeaderMs);
+        }
+        if (cc->ep.eof) {
+          closeClient(cc);
+          return false;
+        }
+        resumeRecv(cc->ep);
+        return false;
+      case ProxyHeaderStatus::kError:
+        ++c.proxyProtocolErrors;
+        if (snap->config.logging.level == control::LogLevel::kDebug) {
+          fprintf(stderr, "moatd debug: PROXY header from %s refused: %s\n", cc->ip, ph.error);
+        }
+        closeClient(cc);
+        return false;
+      case ProxyHeaderStatus::kDone:
+        break;
+    }
+    consume(cc->ep, ph.length);
+    cc->awaitProxyHeader = false;
+    if (ph.hasAddress) {
+      std::memcpy(cc->ipBytes, ph.src, ph.srcLen);
+      cc->ipLen = ph.srcLen;
+      inet_ntop(ph.srcLen == 4 ? AF_INET : AF_INET6, ph.src, cc->ip, sizeof(cc->ip));
+      cc->peer = l4::IpAddress::fromBytes(cc->ipBytes, cc->ipLen);
+      if (opts.rateLimitTable != nullptr &&
+          ratelimit::isBanned(snap->rateLimit, *opts.rateLimitTable, cc->peer, loop->nowNs())) {
+        ++c.rateLimitBannedConnections;
+        closeClient(cc);
+        return false;
+      }
+    }
+    return true;
+  }
+
   bool parseRequest(ClientConn* cc) {
+    if (cc->awaitProxyHeader) return parseProxyPreamble(cc);
     std::string_view v = headView(cc->ep, cc->assembly, limits.maxHeaderBytes);
     RequestHead& h = reqHead;
     HttpError err = HttpError::kNone;

@@ -85,7 +85,13 @@ TEST(ConfigExample, ExampleFileParses) {
   ConfigResult r = loadConfigFile(exampleFile().string());
   ASSERT_TRUE(r.errors.empty()) << exampleFile() << "\n" << dump(r);
   const Config& c = *r.config;
-  EXPECT_EQ(c.listeners.size(), 2u);
+  ASSERT_EQ(c.listeners.size(), 3u);
+  EXPECT_TRUE(c.listeners[1].proxyProtocol);
+  ASSERT_EQ(c.rateLimit.rules.size(), 4u);
+  EXPECT_EQ(c.rateLimit.rules[1].algorithm, RateLimitAlgorithm::kSlidingWindow);
+  EXPECT_EQ(c.rateLimit.rules[2].key, RateLimitKey::kHeader);
+  EXPECT_EQ(c.rateLimit.rules[2].keyName, "x-api-key");
+  EXPECT_EQ(c.rateLimit.escalateAfter, 100u);
   ASSERT_EQ(c.pools.size(), 3u);
   EXPECT_EQ(c.pools[0].balance, BalanceAlgorithm::kRoundRobin);
   EXPECT_EQ(c.pools[1].balance, BalanceAlgorithm::kLeastConnections);
@@ -104,6 +110,12 @@ TEST(ConfigValid, MinimalDocumentGetsDefaults) {
   EXPECT_EQ(c.timeouts.idleMs, 60000u);
   EXPECT_EQ(c.limits.maxHeaders, 100u);
   EXPECT_EQ(c.logging.level, LogLevel::kInfo);
+  EXPECT_TRUE(c.rateLimit.enabled);
+  ASSERT_EQ(c.rateLimit.rules.size(), 1u);
+  EXPECT_EQ(c.rateLimit.rules[0].name, "default");
+  EXPECT_EQ(c.rateLimit.rules[0].limit, 2000u);
+  EXPECT_EQ(c.rateLimit.rules[0].periodS, 300u);
+  EXPECT_EQ(c.rateLimit.maxKeys, 1000000u);
 }
 
 TEST(ConfigValid, Ipv6ListenerDefaultNameIsBracketed) {

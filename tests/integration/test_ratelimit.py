@@ -224,6 +224,49 @@ class RateLimitTest(unittest.TestCase):
         m.wait_log("config version 3 applied")
         self.assertEqual(statuses(port, 4, "127.0.2.2"), [200, 200, 200, 429])
 
+    def test_proxy_protocol_from_trusted_proxies_only(self):
+        port = free_port()
+        cfg = base_config(port, [{"name": "p", "backends": [
+            {"address": "127.0.0.1", "port": self.backend.port}]}],
+            rate_limit={"trustedProxies": ["127.0.0.2"],
+                        "rules": [{"name": "r", "limit": 1, "periodS": 600}]})
+        cfg["listeners"][0]["proxyProtocol"] = True
+        m = Moatd(cfg)
+        self.addCleanup(lambda: self.assertEqual(m.stop(), 0))
+
+        def exchange(source, preamble):
+            s = socket.socket()
+            s.settimeout(5)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", port))
+            f = s.makefile("rb")
+            try:
+                s.sendall(preamble + b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                return read_response(f)
+            except (ConnectionResetError, BrokenPipeError):
+                return None
+            finally:
+                f.close()
+                s.close()
+
+        v1 = b"PROXY TCP4 198.51.100.9 127.0.0.1 4711 80\r\n"
+        st, _, body = exchange("127.0.0.2", v1)
+        self.assertEqual(st, 200)
+        seen = dict((k.lower(), v) for k, v in json.loads(body)["headers"])
+        self.assertEqual(seen["x-forwarded-for"], "198.51.100.9")
+        # The rate limit counts the client the header named...
+        self.assertEqual(exchange("127.0.0.2", v1)[0], 429)
+        v2 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([198, 51, 100, 10, 127, 0, 0, 1])
+              + b"\x12\x67\x00\x50")
+        self.assertEqual(exchange("127.0.0.2", v2)[0], 200)
+        # ...an untrusted peer is cut off, and so is a malformed header.
+        self.assertIsNone(exchange("127.0.0.3", v1))
+        self.assertIsNone(exchange("127.0.0.2", b"PROXY TCP9 nonsense\r\n"))
+        s = self.stats(m, lambda s: s["proxy_protocol_errors"] >= 1 and s["proxy_protocol_refused"] >= 1)
+        # Two: the harness's readiness probe (from 127.0.0.1) and 127.0.0.3.
+        self.assertEqual(s["proxy_protocol_refused"], 2)
+        self.assertEqual(s["proxy_protocol_errors"], 1)
+
     def test_default_rule_is_on(self):
         m, port = self.start(None)
         c = Client(port, "127.0.3.3")

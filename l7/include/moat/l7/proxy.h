@@ -59,7 +59,9 @@ namespace moat::l7 {
   X(rateLimitBanned, "rate_limit_banned")    /* 429 to a client in the penalty box */   \
   X(rateLimitBannedConnections, "rate_limit_banned_connections") /* closed at accept */ \
   X(rateLimitEscalations, "rate_limit_escalations") /* clients put in the penalty box */ \
-  X(xffInvalid, "xff_invalid")  /* trusted hop wrote a non-address in X-Forwarded-For */
+  X(xffInvalid, "xff_invalid")  /* trusted hop wrote a non-address in X-Forwarded-For */ \
+  X(proxyProtocolRefused, "proxy_protocol_refused") /* PROXY listener, untrusted peer */ \
+  X(proxyProtocolErrors, "proxy_protocol_errors")   /* malformed PROXY header: closed */
 
 struct ProxyCounters {
 #define MOAT_COUNTER_FIELD(field, name) uint64_t field = 0;
