@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -522,6 +521,18 @@ TEST(RuleParserInclude, GlobRelativeToIncludingFile) {
   EXPECT_FALSE(loadRuleFiles({dir.path() + "/none.conf"}, &errors));
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_EQ(errors[0].line, 0);
+
+  errors.clear();
+  EXPECT_FALSE(loadRuleFiles({dir.path() + "/sub"}, &errors));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].message.find("is a directory"), std::string::npos);
+
+  dir.write("missing.conf", "\nInclude does-not-exist.conf\n");
+  errors.clear();
+  EXPECT_FALSE(loadRuleFiles({dir.path() + "/missing.conf"}, &errors));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].line, 2);
+  EXPECT_NE(errors[0].message.find("not found"), std::string::npos);
 }
 
 TEST(RuleParserHash, ContentHashFollowsContent) {
@@ -543,7 +554,7 @@ TEST(RuleParserErrors, EachReportsFileAndLine) {
               "unknown action 'frobnicate'");
   expectError("SecRule ARGS|NOT_A_VARIABLE \"@rx x\" \"id:1,pass\"\n", 1,
               "unknown variable 'NOT_A_VARIABLE'");
-  expectError("SecRule ARGS \"@rx x\" \"id:1,pass\"\nSecRule ARGS \"@rx x \"id:2,pass\"\n", 2,
+  expectError("SecRule ARGS \"@rx x\" \"id:1,pass\"\nSecRule ARGS \"@rx x\" \"id:2,pass\n", 2,
               "unterminated quoted string");
   expectError("SecRule ARGS \"@pmFromFile no-such.data\" \"id:1,pass\"\n", 1,
               "cannot read data file");
@@ -578,6 +589,22 @@ TEST(RuleParserErrors, UnterminatedQuoteInsideContinuation) {
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_EQ(errors[0].line, 1);
   EXPECT_NE(errors[0].message.find("opened on line 2"), std::string::npos) << errors[0].message;
+}
+
+TEST(RuleParserErrors, BrokenChainHeadDoesNotCascade) {
+  // The head's actions never close their quote; its chained rule must not be
+  // reported again as a rule without id.
+  expectError("SecRule ARGS \"@rx a\" \"id:1,pass,chain\n"
+              "    SecRule ARGS \"@rx b\" \"t:none\"\n"
+              "SecRule ARGS \"@rx c\" \"id:2,pass\"\n",
+              1, "unterminated quoted string");
+  // A broken link drops the whole chain, once.
+  auto errors = mustFail("SecRule ARGS \"@rx a\" \"id:1,pass,chain\"\n"
+                         "    SecRule ARGS \"@nosuch b\" \"chain\"\n"
+                         "    SecRule ARGS \"@rx b\"\n"
+                         "SecRule ARGS \"@rx c\" \"id:2,pass\"\n");
+  ASSERT_EQ(errors.size(), 1u) << joinErrors(errors);
+  EXPECT_EQ(errors[0].line, 2);
 }
 
 TEST(RuleParserErrors, CommentSwallowingADirectiveIsReported) {
@@ -622,9 +649,8 @@ std::vector<std::string> crsFiles() {
   return files;
 }
 
-// Independent count: `id:NNN` occurrences outside comment lines.
+// Independent count: `id:NNN` (after a quote, comma or blank) outside comment lines.
 size_t countIdsByScan(const std::vector<std::string>& files) {
-  static const std::regex kId(R"((^|[\s"',])id:'?[0-9]+)");
   size_t n = 0;
   for (const auto& f : files) {
     std::ifstream in(f);
@@ -632,8 +658,11 @@ size_t countIdsByScan(const std::vector<std::string>& files) {
     while (std::getline(in, line)) {
       size_t first = line.find_first_not_of(" \t");
       if (first == std::string::npos || line[first] == '#') continue;
-      n += static_cast<size_t>(std::distance(std::sregex_iterator(line.begin(), line.end(), kId),
-                                             std::sregex_iterator()));
+      for (size_t at = line.find("id:"); at != std::string::npos; at = line.find("id:", at + 1)) {
+        bool startsWord = at == 0 || std::string_view(" \t\"',").find(line[at - 1]) != std::string_view::npos;
+        size_t digit = at + 3 + (at + 3 < line.size() && line[at + 3] == '\'' ? 1 : 0);
+        if (startsWord && digit < line.size() && line[digit] >= '0' && line[digit] <= '9') ++n;
+      }
     }
   }
   return n;

@@ -2,10 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 // Cases marked "[name.json]" are translated from ModSecurity's regression files
@@ -19,7 +23,13 @@ namespace {
 
 using namespace std::string_literals;
 
-constexpr const char* kMappingFile = "/work/shared/data/unicode.mapping";
+// ../shared beside the repository (data, never copied in); MOAT_SHARED_DIR
+// overrides.
+const std::string kMappingFileStorage = [] {
+  if (const char* dir = std::getenv("MOAT_SHARED_DIR")) return std::string(dir) + "/data/unicode.mapping";
+  return std::string(MOAT_SOURCE_DIR_FOR_TESTS) + "/../shared/data/unicode.mapping";
+}();
+const char* const kMappingFile = kMappingFileStorage.c_str();
 
 struct Result {
   std::string out;
@@ -46,8 +56,8 @@ std::string hex(std::string_view s) {
 // function (not a macro body) keeps this large test file quick to compile.
 void check(int line, Transform t, const std::string& in, const std::string& want, bool changed) {
   const Result r = run(t, in);
-  EXPECT_EQ(hex(r.out), hex(want)) << "line " << line << ": " << transformName(t) << " of \""
-                                   << in << "\"";
+  EXPECT_EQ(hex(r.out), hex(want))
+      << "line " << line << ": " << transformName(t) << " of \"" << in << "\"";
   EXPECT_EQ(r.changed, changed) << "line " << line << ": " << transformName(t) << " of \"" << in
                                 << "\"";
 }
@@ -74,11 +84,26 @@ const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new TempFileCle
 
 TEST(TransformName, EveryCrs334NameResolves) {
   // grep -ho 't:[a-zA-Z0-9]*' over CRS 3.3.4's rules (t:alert was a comment).
-  const char* kCrs[] = {"base64Decode",    "base64decode",      "cmdLine",       "compressWhitespace",
-                        "cssDecode",       "hexEncode",         "htmlEntityDecode", "jsDecode",
-                        "length",          "lowercase",         "none",          "normalisePath",
-                        "normalizePath",   "normalizePathWin",  "removeNulls",   "removeWhitespace",
-                        "replaceComments", "sha1",              "urlDecode",     "urlDecodeUni",
+  const char* kCrs[] = {"base64Decode",
+                        "base64decode",
+                        "cmdLine",
+                        "compressWhitespace",
+                        "cssDecode",
+                        "hexEncode",
+                        "htmlEntityDecode",
+                        "jsDecode",
+                        "length",
+                        "lowercase",
+                        "none",
+                        "normalisePath",
+                        "normalizePath",
+                        "normalizePathWin",
+                        "removeNulls",
+                        "removeWhitespace",
+                        "replaceComments",
+                        "sha1",
+                        "urlDecode",
+                        "urlDecodeUni",
                         "utf8toUnicode"};
   for (const char* name : kCrs) EXPECT_TRUE(transformFromName(name).has_value()) << name;
 }
@@ -94,6 +119,7 @@ TEST(TransformName, CaseInsensitiveAndAliases) {
   EXPECT_EQ(transformFromName("utf8toUnicode"), Transform::kUtf8ToUnicode);
   EXPECT_EQ(transformFromName("sha1"), Transform::kSha1);
   EXPECT_EQ(transformFromName("parityEven7bit"), Transform::kParityEven7bit);
+  EXPECT_EQ(transformFromName("urlEncode"), Transform::kUrlEncode);
 }
 
 TEST(TransformName, UnknownNamesAreRejected) {
@@ -133,7 +159,7 @@ TEST(Transform, LowercaseUppercase) {
   EXPECT_TF(Transform::kUppercase, "\xE4z"s, "\xE4Z"s, true);
 }
 
-TEST(Transform, RemoveAndReplaceNulls) {  // [removeNulls.json] [replaceNulls.json]
+TEST(Transform, RemoveAndReplaceNulls) {
   EXPECT_TF(Transform::kRemoveNulls, "", "", false);
   EXPECT_TF(Transform::kRemoveNulls, "TestCase", "TestCase", false);
   EXPECT_TF(Transform::kRemoveNulls, "Test\0Case"s, "TestCase", true);
@@ -144,11 +170,14 @@ TEST(Transform, RemoveAndReplaceNulls) {  // [removeNulls.json] [replaceNulls.js
   EXPECT_TF(Transform::kReplaceNulls, "\0Test\0\0Case\0"s, " Test  Case ", true);
 }
 
-TEST(Transform, Parity) {  // [parityEven7bit.json] [parityOdd7bit.json] [parityZero7bit.json]
+TEST(Transform, Parity) {  // [parityEven7bit.json] [parityOdd7bit.json]
   EXPECT_TF(Transform::kParityEven7bit, "", "", false);
   EXPECT_TF(Transform::kParityEven7bit, "cefijloqrtwx03569ABDGHKMNPSUVYZ",
             "cefijloqrtwx03569ABDGHKMNPSUVYZ", false);
-  EXPECT_TF(Transform::kParityEven7bit, "abc0\0"s, "\xE1\xE2" "c0\0"s, true);
+  EXPECT_TF(Transform::kParityEven7bit, "abc0\0"s,
+            "\xE1\xE2"
+            "c0\0"s,
+            true);
   EXPECT_TF(Transform::kParityOdd7bit, "abdghkmnpsuvyz12478CEFIJLOQRTW",
             "abdghkmnpsuvyz12478CEFIJLOQRTW", false);
   EXPECT_TF(Transform::kParityOdd7bit, "abc0\0"s, "ab\xE3\xB0\x80"s, true);
@@ -158,7 +187,7 @@ TEST(Transform, Parity) {  // [parityEven7bit.json] [parityOdd7bit.json] [parity
 
 // ---------------------------------------------------------------- urlDecode
 
-TEST(Transform, UrlDecode) {  // [urlDecode.json]
+TEST(Transform, UrlDecode) {  // the [urlDecodeUni.json] cases that apply without %u
   const Transform t = Transform::kUrlDecode;
   EXPECT_TF(t, "", "", false);
   EXPECT_TF(t, "TestCase", "TestCase", false);
@@ -186,7 +215,7 @@ TEST(Transform, UrlDecode) {  // [urlDecode.json]
   EXPECT_TF(t, "%2B+", "+ ", true);
 }
 
-TEST(Transform, UrlDecodeAllBytes) {  // [urlDecode.json] "+%00%01...%ff"
+TEST(Transform, UrlDecodeAllBytes) {  // [urlDecodeUni.json] "+%00%01...%ff"
   std::string in = "+";
   std::string want = " ";
   for (int b = 0; b < 256; ++b) {
@@ -236,6 +265,24 @@ TEST(Transform, UrlDecodeUniFullWidthRange) {  // [urlDecodeUni.json] %uff01..%u
     want += static_cast<char>(lo + 0x20);
   }
   EXPECT_TF(Transform::kUrlDecodeUni, in, want, true);
+}
+
+TEST(Transform, UrlEncode) {  // [urlEncode.json]
+  const Transform t = Transform::kUrlEncode;
+  EXPECT_TF(t, "", "", false);
+  EXPECT_TF(t, "TestCase", "TestCase", false);
+  EXPECT_TF(t, "Test Case", "Test+Case", true);
+  EXPECT_TF(t, "% ", "%25+", true);
+  EXPECT_TF(t, "%0g ", "%250g+", true);
+  EXPECT_TF(t, "%%", "%25%25", true);
+  EXPECT_TF(t, " !\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}~\x7f",
+            "+%21%22%23%24%25%26%27%28%29*%2b%2c%2d%2e%2f09%3a%3b%3c%3d%3e%3f%40AZ%5b%5c%5d%5e%5f"
+            "%60az%7b%7c%7d%7e%7f",
+            true);
+  EXPECT_TF(t, "TestCase09*", "TestCase09*", false);
+  EXPECT_TF(t, "a-b_c.d~e", "a%2db%5fc%2ed%7ee", true);  // only [A-Za-z0-9*] are kept
+  EXPECT_TF(t, "\0\xFF+%"s, "%00%ff%2b%25", true);
+  EXPECT_EQ(run(Transform::kUrlDecode, run(t, "x=1&y=<a b>").out).out, "x=1&y=<a b>");
 }
 
 // ---------------------------------------------------------------- unicode map
@@ -305,12 +352,12 @@ TEST(UnicodeMap, MissingFileIsAnError) {
 }
 
 TEST(UnicodeMap, SmallFileDefaultsAndOverrides) {
-  const std::string path = writeTemp(
-      "small.mapping",
-      "(MAC - Roman)\r\n\r\n"
-      "1250  (ANSI - Central Europe)\n00e9:45 0041:42\n\n"
-      "20127 (US-ASCII)\r\n00e9:65 002e:2f 3002:21\r\n00E8:65\n\n"
-      "20127 (second block is ignored, as in ModSecurity)\n00e9:58\n");
+  const std::string path =
+      writeTemp("small.mapping",
+                "(MAC - Roman)\r\n\r\n"
+                "1250  (ANSI - Central Europe)\n00e9:45 0041:42\n\n"
+                "20127 (US-ASCII)\r\n00e9:65 002e:2f 3002:21\r\n00E8:65\n\n"
+                "20127 (second block is ignored, as in ModSecurity)\n00e9:58\n");
   std::string error;
   const auto map = UnicodeMap::load(path, 20127, &error);
   ASSERT_TRUE(map.has_value()) << error;
@@ -319,7 +366,7 @@ TEST(UnicodeMap, SmallFileDefaultsAndOverrides) {
   EXPECT_EQ(map->lookup(0x0041), -1);    // 1250's pair is not ours
   EXPECT_EQ(map->lookup(0x002e), 0x2f);  // the file overrides a built-in
   EXPECT_EQ(map->lookup(0x3002), '!');
-  EXPECT_EQ(map->lookup(0xff0e), '.');   // built-in kept
+  EXPECT_EQ(map->lookup(0xff0e), '.');  // built-in kept
   const auto other = UnicodeMap::load(path, 1250, &error);
   ASSERT_TRUE(other.has_value()) << error;
   EXPECT_EQ(other->lookup(0x0041), 'B');
@@ -377,12 +424,18 @@ TEST(Transform, HtmlEntityDecode) {  // [htmlEntityDecode.json]
   EXPECT_TF(t, "&#x0;&#X0;&#x20;&#X20;&#0;&#32;\0&#100;&quot;&amp;&lt;&gt;&nbsp;"s,
             "\0\0  \0 \0d\"&<>\xA0"s, true);
   // The semicolon is optional.
-  EXPECT_TF(t, "&#x0&#X0&#x20&#X20&#0&#32\0&#100&quot&amp&lt&gt&nbsp"s,
-            "\0\0  \0 \0d\"&<>\xA0"s, true);
+  EXPECT_TF(t, "&#x0&#X0&#x20&#X20&#0&#32\0&#100&quot&amp&lt&gt&nbsp"s, "\0\0  \0 \0d\"&<>\xA0"s,
+            true);
   EXPECT_TF(t, "&#xg;&#Xg;&#xg0;&#X2g;&#a;\0&#a2;&#3a&#a00;&#1a0;&#10a;&foo;"s,
-            "&#xg;&#Xg;&#xg0;\x02g;&#a;\0&#a2;\x03" "a&#a00;\x01" "a0;\na;&foo;"s, true);
+            "&#xg;&#Xg;&#xg0;\x02g;&#a;\0&#a2;\x03"
+            "a&#a00;\x01"
+            "a0;\na;&foo;"s,
+            true);
   EXPECT_TF(t, "&#xg&#Xg&#xg0&#X2g&#a\0&#a2&#3a&#a00&#1a0&#10a&foo"s,
-            "&#xg&#Xg&#xg0\x02g&#a\0&#a2\x03" "a&#a00\x01" "a0\na&foo"s, true);
+            "&#xg&#Xg&#xg0\x02g&#a\0&#a2\x03"
+            "a&#a00\x01"
+            "a0\na&foo"s,
+            true);
 }
 
 TEST(Transform, HtmlEntityDecodeEdges) {
@@ -391,7 +444,7 @@ TEST(Transform, HtmlEntityDecodeEdges) {
   EXPECT_TF(t, "&ltest;", "&ltest;", false);         // whole name must match (v3.0.x)
   EXPECT_TF(t, "&apos;&copy;", "&apos;&copy;", false);
   EXPECT_TF(t, "&#65&#x42;C", "ABC", true);
-  EXPECT_TF(t, "&#321;&#x141;", "AA", true);  // only the low byte is kept
+  EXPECT_TF(t, "&#321;&#x141;", "AA", true);                  // only the low byte is kept
   EXPECT_TF(t, "&#99999999999999999999999;", "\xFF"s, true);  // strtol saturates
   EXPECT_TF(t, "&", "&", false);
   EXPECT_TF(t, "&#", "&#", false);
@@ -431,7 +484,10 @@ TEST(Transform, JsDecodeEdges) {
   EXPECT_TF(t, "\\U0041\\X41", "U0041X41", true);  // only lower-case u and x
   EXPECT_TF(t, "\\u0141\\uFF3c", "A\\", true);     // low byte; full width +0x20
   EXPECT_TF(t, "\\uff00\\uff5f", "\x00\x5f"s, true);
-  EXPECT_TF(t, "\\377\\400", "\xFF" " 0"s, true);  // \400 would overflow: \40 then '0'
+  EXPECT_TF(t, "\\377\\400",
+            "\xFF"
+            " 0"s,
+            true);  // \400 would overflow: \40 then '0'
   EXPECT_TF(t, "\\1234", "S4", true);
   EXPECT_TF(t, "abc\\", "abc\\", false);
 }
@@ -448,18 +504,21 @@ TEST(Transform, CssDecode) {  // [cssDecode.json]
             "\\\n\\0  string",
             "test\n\x0b\x0fnrtv?'\"\0\x12#4EV!~\0 string"s, true);
   EXPECT_TF(t, "test\\", "test", true);
-  EXPECT_TF(t, "\\1A\\1 A\\1234567\\123456 7\\1x\\1 x", "\x1a\x01" "AV7V7\x01x\x01x"s, true);
+  EXPECT_TF(t, "\\1A\\1 A\\1234567\\123456 7\\1x\\1 x",
+            "\x1a\x01"
+            "AV7V7\x01x\x01x"s,
+            true);
 }
 
 TEST(Transform, CssDecodeFullWidth) {
   const Transform t = Transform::kCssDecode;
-  EXPECT_TF(t, "\\ff3c", "\\", true);        // 4 digits: full-width check
-  EXPECT_TF(t, "\\0ff3c", "\\", true);       // 5 digits starting with 0
-  EXPECT_TF(t, "\\00ff3c", "\\", true);      // 6 digits starting with 00
-  EXPECT_TF(t, "\\1ff3c", "<", true);        // 5 digits, no check: last two only
-  EXPECT_TF(t, "\\ff60", "\x60"s, true);     // outside FF01..FF5E
-  EXPECT_TF(t, "a\\\nb", "ab", true);        // escaped newline vanishes
-  EXPECT_TF(t, "\\41\tB", "AB", true);       // one whitespace after an escape is eaten
+  EXPECT_TF(t, "\\ff3c", "\\", true);     // 4 digits: full-width check
+  EXPECT_TF(t, "\\0ff3c", "\\", true);    // 5 digits starting with 0
+  EXPECT_TF(t, "\\00ff3c", "\\", true);   // 6 digits starting with 00
+  EXPECT_TF(t, "\\1ff3c", "<", true);     // 5 digits, no check: last two only
+  EXPECT_TF(t, "\\ff60", "\x60"s, true);  // outside FF01..FF5E
+  EXPECT_TF(t, "a\\\nb", "ab", true);     // escaped newline vanishes
+  EXPECT_TF(t, "\\41\tB", "AB", true);    // one whitespace after an escape is eaten
   EXPECT_TF(t, "\\41  B", "A B", true);
   EXPECT_TF(t, "\\g", "g", true);
 }
@@ -476,7 +535,7 @@ TEST(Transform, CmdLine) {
   EXPECT_TF(t, "echo  (x)", "echo(x)", true);
   EXPECT_TF(t, "cat ,; /etc/passwd", "cat/etc/passwd", true);
   EXPECT_TF(t, "  ls", " ls", true);
-  EXPECT_TF(t, "a ' b", "a b", true);     // removed chars do not end a space run
+  EXPECT_TF(t, "a ' b", "a b", true);         // removed chars do not end a space run
   EXPECT_TF(t, "a\vb\fc", "a\vb\fc", false);  // \v and \f are not in the set
   EXPECT_TF(t, "W\\h^o\"a'm\"I", "whoami", true);
   EXPECT_TF(t, "\xC4X"s, "\xC4x"s, true);
@@ -496,7 +555,12 @@ TEST(Transform, CompressWhitespace) {  // [compressWhitespace.json]
             "it with a CRLF at the end. "s,
             true);
   EXPECT_TF(t, "a\tb", "a b", true);
-  EXPECT_TF(t, "a\xA0\xA0" "b"s, "a\xA0\xA0" "b"s, false);  // v3: NBSP is not whitespace here
+  EXPECT_TF(t,
+            "a\xA0\xA0"
+            "b"s,
+            "a\xA0\xA0"
+            "b"s,
+            false);  // v3: NBSP is not whitespace here
 }
 
 TEST(Transform, RemoveWhitespace) {
@@ -504,12 +568,16 @@ TEST(Transform, RemoveWhitespace) {
   EXPECT_TF(t, "", "", false);
   EXPECT_TF(t, "TestCase", "TestCase", false);
   EXPECT_TF(t, " a\tb\nc\vd\fe\rf g ", "abcdefg", true);
-  EXPECT_TF(t, "a\xA0" "b\xC2" "c"s, "abc", true);  // NBSP and 0xc2 go too
-  EXPECT_TF(t, "\xC2\xA9"s, "\xA9"s, true);         // ... even inside other UTF-8
+  EXPECT_TF(t,
+            "a\xA0"
+            "b\xC2"
+            "c"s,
+            "abc", true);                    // NBSP and 0xc2 go too
+  EXPECT_TF(t, "\xC2\xA9"s, "\xA9"s, true);  // ... even inside other UTF-8
   EXPECT_TF(t, "Test\0Case"s, "Test\0Case"s, false);
 }
 
-TEST(Transform, Trim) {  // [trim.json] [trimLeft.json] [trimRight.json]
+TEST(Transform, Trim) {  // [trim.json]
   EXPECT_TF(Transform::kTrim, "", "", false);
   EXPECT_TF(Transform::kTrim, "TestCase", "TestCase", false);
   EXPECT_TF(Transform::kTrim, "Test\0Case"s, "Test\0Case"s, false);
@@ -737,22 +805,22 @@ TEST(Transform, Base64DecodeExt) {  // [base64DecodeExt.json]
 
 TEST(Transform, Base64DecodeExtForgiveness) {
   const Transform t = Transform::kBase64DecodeExt;
-  EXPECT_TF(t, "VGVz!dA==", "Test", true);          // invalid bytes skipped
+  EXPECT_TF(t, "VGVz!dA==", "Test", true);  // invalid bytes skipped
   EXPECT_TF(t, "VG Vz\tdA\r\n", "Test", true);
   // No NUL cut-off, and '=' does not restart the grouping, so the second
   // value decodes misaligned.
   EXPECT_TF(t, "VGVzdENhc2U=\0VGVz"s, "TestCase\x15\x19\x5c"s, true);
-  EXPECT_TF(t, "QQ", "A", true);                    // whole bytes of a partial group kept
+  EXPECT_TF(t, "QQ", "A", true);  // whole bytes of a partial group kept
   EXPECT_TF(t, "QUFBQQ", "AAAA", true);
-  EXPECT_TF(t, "_-8", "\xFF\xEF"s, true);           // URL-safe alphabet
-  EXPECT_TF(t, "QUFBQ=", "", true);                 // '=' after one digit of a group
-  EXPECT_TF(t, "QUFBQ==", "", true);                // (the last '=' of a run decides)
+  EXPECT_TF(t, "_-8", "\xFF\xEF"s, true);  // URL-safe alphabet
+  EXPECT_TF(t, "QUFBQ=", "", true);        // '=' after one digit of a group
+  EXPECT_TF(t, "QUFBQ==", "", true);       // (the last '=' of a run decides)
   EXPECT_TF(t, "QUFBQQ==", "AAAA", true);
-  EXPECT_TF(t, "QUFB9", "", true);                  // quirk: last digit '9' (61 == '=')
+  EXPECT_TF(t, "QUFB9", "", true);  // quirk: last digit '9' (61 == '=')
   EXPECT_TF(t, "QUFBA", "AAA", true);
 }
 
-TEST(Transform, Base64Encode) {  // [base64Encode.json]
+TEST(Transform, Base64Encode) {
   const Transform t = Transform::kBase64Encode;
   EXPECT_TF(t, "", "", false);
   EXPECT_TF(t, "TestCase", "VGVzdENhc2U=", true);
@@ -780,7 +848,7 @@ TEST(Transform, HexDecode) {  // [hexDecode.json]
   EXPECT_TF(t, "4a4A", "JJ", true);
 }
 
-TEST(Transform, HexEncode) {  // [hexEncode.json]
+TEST(Transform, HexEncode) {
   const Transform t = Transform::kHexEncode;
   EXPECT_TF(t, "", "", false);
   EXPECT_TF(t, "TestCase", "5465737443617365", true);
@@ -835,31 +903,39 @@ TEST(Transform, Utf8ToUnicode) {  // [utf8toUnicode.json]
   // The JSON file's inputs are Latin-1 text re-encoded as UTF-8, e.g. U+00D0.
   EXPECT_TF(t, "\xC3\x90\xC2\x80 \xC3\x97\xC2\xB4"s, "%u00d0%u0080 %u00d7%u00b4", true);
   EXPECT_TF(t, "caf\xC3\xA9"s, "caf%u00e9", true);
-  EXPECT_TF(t, "\xE2\x82\xAC" "5"s, "%u20ac5", true);
+  EXPECT_TF(t,
+            "\xE2\x82\xAC"
+            "5"s,
+            "%u20ac5", true);
   EXPECT_TF(t, "\xF0\x9F\x98\x80"s, "%u1f600", true);
   EXPECT_TF(t, "\xEF\xBC\x9C"s, "%uff1c", true);
 }
 
 TEST(Transform, Utf8ToUnicodeQuirks) {
   const Transform t = Transform::kUtf8ToUnicode;
-  EXPECT_TF(t, "Test\0Case"s, "TestCase", true);          // NUL bytes vanish
-  EXPECT_TF(t, "\xC3("s, "(", true);                      // bad continuation: lead dropped
+  EXPECT_TF(t, "Test\0Case"s, "TestCase", true);  // NUL bytes vanish
+  EXPECT_TF(t, "\xC3("s, "(", true);              // bad continuation: lead dropped
   EXPECT_TF(t, "\xE2\x82("s, "\x82("s, true);
-  EXPECT_TF(t, "a\xC3"s, "a", true);                      // truncated at the end
+  EXPECT_TF(t, "a\xC3"s, "a", true);                              // truncated at the end
   EXPECT_TF(t, "\x80\xBF\xF8\xFF"s, "\x80\xBF\xF8\xFF"s, false);  // copied as is
-  EXPECT_TF(t, "\xC0\x80"s, "%u0000\xC0"s, true);         // overlong: lead byte appended
+  EXPECT_TF(t, "\xC0\x80"s, "%u0000\xC0"s, true);                 // overlong: lead byte appended
   EXPECT_TF(t, "\xC1\xBF"s, "%u007f\xC1"s, true);
   EXPECT_TF(t, "\xE0\x80\xAF"s, "%u002f\xE0"s, true);
   EXPECT_TF(t, "\xF0\x80\x80\xAF"s, "%u002f\xF0"s, true);
-  EXPECT_TF(t, "\xED\xA0\x80"s, "%ud800\xED"s, true);     // surrogate: lead byte appended
+  EXPECT_TF(t, "\xED\xA0\x80"s, "%ud800\xED"s, true);        // surrogate: lead byte appended
   EXPECT_TF(t, "\xF5\x80\x80\x80"s, "\xF5%u140000"s, true);  // beyond U+10FFFF
-  EXPECT_TF(t, "\xF5" "A"s, "\xF5" "A"s, false);
+  EXPECT_TF(t,
+            "\xF5"
+            "A"s,
+            "\xF5"
+            "A"s,
+            false);
   EXPECT_TF(t, "\xF4\x8F\xBF\xBF"s, "%u10ffff", true);
 }
 
 // ---------------------------------------------------------------- length, digests
 
-TEST(Transform, Length) {  // [length.json]
+TEST(Transform, Length) {
   EXPECT_TF(Transform::kLength, "", "0", true);
   EXPECT_TF(Transform::kLength, "TestCase", "8", true);
   EXPECT_TF(Transform::kLength, "Test\0Case"s, "9", true);
@@ -867,7 +943,7 @@ TEST(Transform, Length) {  // [length.json]
   EXPECT_TF(Transform::kLength, std::string(12345, 'x'), "12345", true);
 }
 
-TEST(Transform, Sha1) {  // [sha1.json] plus FIPS 180 vectors
+TEST(Transform, Sha1) {  // [sha1.json] (its bytes checked with sha1sum), FIPS 180 vectors
   EXPECT_EQ(hex(run(Transform::kSha1, "").out), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
   EXPECT_EQ(hex(run(Transform::kSha1, "abc").out), "a9993e364706816aba3e25717850c26c9cd0d89d");
   const Result r = run(Transform::kSha1, "TestCase");
@@ -876,7 +952,7 @@ TEST(Transform, Sha1) {  // [sha1.json] plus FIPS 180 vectors
   EXPECT_EQ(run(Transform::kSha1, "\0\x01\x02\x03\x04\x05\x06\x07\b"s).out.size(), 20u);
 }
 
-TEST(Transform, Md5) {  // [md5.json] plus RFC 1321 vectors
+TEST(Transform, Md5) {  // RFC 1321 vectors
   const Result empty = run(Transform::kMd5, "");
   EXPECT_EQ(hex(empty.out), "d41d8cd98f00b204e9800998ecf8427e");
   EXPECT_TRUE(empty.changed);
@@ -886,19 +962,38 @@ TEST(Transform, Md5) {  // [md5.json] plus RFC 1321 vectors
   EXPECT_EQ(run(Transform::kMd5, "Test\0Case"s).out.size(), 16u);
 }
 
+TEST(Transform, DigestsFromManyThreads) {
+  // Each thread gets its own OpenSSL context; the fetched algorithms are shared.
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&bad] {
+      std::string out;
+      for (int i = 0; i < 200; ++i) {
+        applyTransform(Transform::kSha1, "abc", out, nullptr);
+        if (hex(out) != "a9993e364706816aba3e25717850c26c9cd0d89d") ++bad;
+        applyTransform(Transform::kMd5, "abc", out, nullptr);
+        if (hex(out) != "900150983cd24fb0d6963f7d28e17f72") ++bad;
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
 // ---------------------------------------------------------------- chains, buffers
 
 TEST(TransformChain, CrsStyleChain) {
-  const Transform chain[] = {Transform::kNone, Transform::kUrlDecodeUni,
-                             Transform::kHtmlEntityDecode, Transform::kJsDecode,
-                             Transform::kCssDecode, Transform::kRemoveNulls, Transform::kLowercase};
+  const Transform chain[] = {
+      Transform::kNone,     Transform::kUrlDecodeUni, Transform::kHtmlEntityDecode,
+      Transform::kJsDecode, Transform::kCssDecode,    Transform::kRemoveNulls,
+      Transform::kLowercase};
   TransformScratch scratch;
   std::vector<std::pair<Transform, std::string>> seen;
   const std::string in = "%3Cscript%3E&#x61;lert(\\x31)%00</SCRIPT>";
-  const std::string_view out =
-      applyTransforms(chain, in, nullptr, scratch, [&](Transform t, std::string_view v) {
-        seen.emplace_back(t, std::string(v));
-      });
+  const std::string_view out = applyTransforms(
+      chain, in, nullptr, scratch,
+      [&](Transform t, std::string_view v) { seen.emplace_back(t, std::string(v)); });
   EXPECT_EQ(out, "<script>alert(1)</script>");
   ASSERT_EQ(seen.size(), 5u);  // css decode changed nothing
   EXPECT_EQ(seen[0].first, Transform::kUrlDecodeUni);
