@@ -100,14 +100,21 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = handle_any
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of new upstream
+    # connections from moatd's pools would overflow it, the kernel would drop
+    # SYNs and the retransmit (1 s, then 3 s) would outlast connectMs.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", default=None)
     ap.add_argument("--address", default="127.0.0.1")
     a = ap.parse_args()
-    srv = ThreadingHTTPServer((a.address, a.port), Handler)
-    srv.daemon_threads = True
+    srv = Server((a.address, a.port), Handler)
     srv.name = a.name or f"backend-{a.port}"
     print(f"backend {srv.name} on {a.address}:{a.port}", flush=True)
     try:
