@@ -1043,12 +1043,15 @@ class XmlParser {
         return fail("attribute value must be quoted");
       }
       const char q = s_[pos_++];
+      // Attribute values are not in XML:/* (text only) but are what
+      // XML://@* selects: collected decoded in xml_attributes.
+      std::string& value = out_.xml_attributes.emplace_back();
       while (pos_ < s_.size() && s_[pos_] != q) {
         if (s_[pos_] == '<') return fail("'<' in attribute value");
         if (s_[pos_] == '&') {
-          scratch_.clear();
-          if (!reference(scratch_)) return false;  // attribute text is not in XML:/*
+          if (!reference(value)) return false;
         } else {
+          value.push_back(s_[pos_]);
           ++pos_;
         }
       }
@@ -1117,6 +1120,7 @@ void BodyResult::reset() {
   multipart_names.clear();
   multipart_filenames.clear();
   xml_text.clear();
+  xml_attributes.clear();
 }
 
 BodyStatus parseUrlEncoded(std::string_view body, const BodyLimits& limits, BodyResult& out) {
@@ -1164,8 +1168,12 @@ BodyStatus parseJson(std::string_view body, const BodyLimits& limits, BodyResult
 BodyStatus parseXml(std::string_view body, const BodyLimits& limits, BodyResult& out) {
   const BodyStatus status = applyLimit(body, limits);
   const size_t textStart = out.xml_text.size();
+  const size_t attrStart = out.xml_attributes.size();
   XmlParser parser(body, limits, out);
-  if (!parser.run()) out.xml_text.resize(textStart);
+  if (!parser.run()) {
+    out.xml_text.resize(textStart);
+    out.xml_attributes.resize(attrStart);
+  }
   return status;
 }
 

@@ -103,6 +103,8 @@ struct BodyResult {
 
   // XML only: all text and CDATA of the document in order (XML:/*).
   std::string xml_text;
+  // XML only: every attribute value, decoded, in document order (XML://@*).
+  std::vector<std::string> xml_attributes;
 
   // Clears every field; vector capacity is kept.
   void reset();

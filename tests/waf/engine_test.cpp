@@ -1,0 +1,308 @@
+// WAF engine: rule logic on small inline rule sets, then the real CRS.
+#include "moat/waf/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace moat::waf {
+namespace {
+
+std::shared_ptr<const Engine> compileText(const std::string& rules,
+                                          std::optional<EngineMode> mode = std::nullopt,
+                                          std::vector<std::string>* errorsOut = nullptr) {
+  EngineOptions opt;
+  opt.extraDirectives = rules;
+  opt.mode = mode;
+  std::vector<std::string> errors, warnings;
+  auto e = Engine::compile(opt, &errors, &warnings, nullptr);
+  if (errorsOut != nullptr) *errorsOut = errors;
+  if (e == nullptr && errorsOut == nullptr) {
+    for (const auto& s : errors) ADD_FAILURE() << s;
+  }
+  return e;
+}
+
+struct Req {
+  std::string method = "GET";
+  std::string target = "/";
+  std::vector<std::pair<std::string, std::string>> headers = {{"Host", "example.com"}};
+  std::string body;
+  RequestView view() const {
+    RequestView v;
+    v.method = method;
+    v.target = target;
+    v.protocol = "HTTP/1.1";
+    for (const auto& [k, val] : headers) v.headers.emplace_back(k, val);
+    v.body = body;
+    v.requestId = "test-1";
+    return v;
+  }
+};
+
+std::vector<uint32_t> ids(const Verdict& v) {
+  std::vector<uint32_t> out;
+  for (const auto& m : v.matched) out.push_back(m.id);
+  return out;
+}
+
+TEST(WafEngine, ChainSetvarMacroAndDeny) {
+  auto e = compileText(R"(
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.threshold=5"
+SecRule ARGS "@rx attack" "id:10,phase:2,pass,msg:'found %{MATCHED_VAR_NAME}',setvar:tx.score=+3"
+SecRule ARGS_NAMES "@streq evil" "id:11,phase:2,pass,chain"
+  SecRule ARGS:evil "@contains x" "setvar:tx.score=+3"
+SecRule TX:SCORE "@ge %{tx.threshold}" "id:20,phase:2,deny,status:406,msg:'score %{tx.score}'"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/?q=attack&evil=xyz";
+  const Verdict& v = t.evaluate(*e, r.view());
+  EXPECT_EQ(ids(v), (std::vector<uint32_t>{10, 11, 20}));
+  EXPECT_TRUE(v.intervene);
+  EXPECT_EQ(v.status, 406);
+  EXPECT_EQ(v.ruleId, 20u);
+  EXPECT_EQ(v.matched[0].msg, "found ARGS:q");
+  EXPECT_EQ(v.matched[2].msg, "score 6");
+  EXPECT_EQ(t.tx("score"), "6");
+
+  // Chain not completed: evil present but its value has no x -> only 10.
+  r.target = "/?q=attack&evil=abc";
+  const Verdict& v2 = t.evaluate(*e, r.view());
+  EXPECT_EQ(ids(v2), (std::vector<uint32_t>{10}));
+  EXPECT_FALSE(v2.intervene);
+}
+
+TEST(WafEngine, DetectionOnlyNeverIntervenes) {
+  auto e = compileText(R"(SecRule ARGS "@rx x" "id:1,phase:1,deny")", EngineMode::kDetectionOnly);
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/?a=x";
+  const Verdict& v = t.evaluate(*e, r.view());
+  EXPECT_FALSE(v.intervene);
+  EXPECT_TRUE(v.wouldIntervene);
+  EXPECT_EQ(v.ruleId, 1u);
+}
+
+TEST(WafEngine, SkipAfterMarkerAndSkip) {
+  auto e = compileText(R"(
+SecRule REQUEST_METHOD "@streq GET" "id:1,phase:1,pass,nolog,skipAfter:END"
+SecAction "id:2,phase:1,pass,log"
+SecMarker END
+SecAction "id:3,phase:1,pass,log,skip:1"
+SecAction "id:4,phase:1,pass,log"
+SecAction "id:5,phase:1,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{3, 5}));
+  r.method = "POST";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{2, 3, 5}));
+}
+
+TEST(WafEngine, RuntimeCtlRemovesRulesAndTargets) {
+  auto e = compileText(R"(
+SecRule REQUEST_FILENAME "@beginsWith /admin" "id:1,phase:1,pass,nolog,ctl:ruleRemoveById=100,ctl:ruleRemoveTargetById=101;ARGS:password"
+SecRule ARGS "@rx drop" "id:100,phase:2,pass,log"
+SecRule ARGS "@rx drop" "id:101,phase:2,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/admin/login?password=drop";
+  EXPECT_TRUE(ids(t.evaluate(*e, r.view())).empty());
+  r.target = "/admin/login?user=drop";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{101}));
+  r.target = "/shop?password=drop";  // the ctl rule did not run: both match
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{100, 101}));
+}
+
+TEST(WafEngine, SelectorsExclusionsAndCounts) {
+  auto e = compileText(R"(
+SecRule ARGS|!ARGS:safe "@rx bad" "id:1,phase:2,pass,log"
+SecRule ARGS:/^id_/ "@rx ^[0-9]+$" "id:2,phase:2,pass,log"
+SecRule &ARGS "@eq 3" "id:3,phase:2,pass,log"
+SecRule &REQUEST_HEADERS:X-Missing "@eq 0" "id:4,phase:1,pass,log"
+SecRule REQUEST_COOKIES:session "@streq abc" "id:5,phase:1,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/?safe=bad&ID_X=42&other=fine";
+  r.headers.emplace_back("Cookie", "theme=dark; session=abc");
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{4, 5, 2, 3}));
+  r.target = "/?other=bad";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{4, 5, 1}));
+}
+
+TEST(WafEngine, CaptureAndTransformations) {
+  auto e = compileText(R"(
+SecRule ARGS:q "@rx (s\w+)t" "id:1,phase:2,pass,log,capture,t:lowercase,t:urlDecodeUni,setvar:tx.got=%{tx.1}"
+SecRule ARGS:n "@rx ^$" "id:2,phase:2,pass,log,t:removeWhitespace"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/?q=SCRIPT&n=%20%20";
+  const Verdict& v = t.evaluate(*e, r.view());
+  EXPECT_EQ(ids(v), (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ(t.tx("got"), "scrip");
+  EXPECT_EQ(t.tx("0"), "script");
+}
+
+TEST(WafEngine, MultiMatchSeesEveryStage) {
+  // The decoded value has no "%27", the raw one has: only multiMatch sees both.
+  auto e = compileText(R"(
+SecRule ARGS "@rx %27" "id:1,phase:2,pass,log,t:urlDecode,multiMatch"
+SecRule ARGS "@rx %27" "id:2,phase:2,pass,log,t:urlDecode"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.method = "POST";
+  r.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+  r.body = "a=%2527";  // ARGS value "%27", urlDecode -> "'"
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{1}));
+}
+
+TEST(WafEngine, BodyProcessors) {
+  auto e = compileText(R"(
+SecRule ARGS:json.user.name "@streq bob" "id:1,phase:2,pass,log"
+SecRule XML:/* "@contains hello" "id:2,phase:2,pass,log"
+SecRule XML://@* "@streq attr" "id:3,phase:2,pass,log"
+SecRule REQUEST_BODY "@contains a=" "id:4,phase:2,pass,log"
+SecRule REQBODY_ERROR "!@eq 0" "id:5,phase:2,pass,log"
+SecRule REQBODY_PROCESSOR "@streq JSON" "id:6,phase:1,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.method = "POST";
+  r.headers.emplace_back("Content-Type", "application/json");
+  r.body = R"({"user":{"name":"bob"}})";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{6, 1}));
+  r.headers.back().second = "text/xml";
+  r.body = R"(<a x="attr">hello</a>)";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{2, 3}));
+  r.headers.back().second = "application/x-www-form-urlencoded";
+  r.body = "a=1";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{4}));
+  r.headers.back().second = "application/json";
+  r.body = "{broken";
+  const Verdict& v = t.evaluate(*e, r.view());
+  EXPECT_EQ(ids(v), (std::vector<uint32_t>{6, 5}));
+  EXPECT_TRUE(v.bodyError);
+}
+
+TEST(WafEngine, BodyLimitRejectsOrInspectsPrefix) {
+  EngineOptions opt;
+  opt.extraDirectives = R"(SecRule ARGS:a "@rx x" "id:1,phase:2,pass,log")";
+  opt.requestBodyLimit = 8;
+  auto e = Engine::compile(opt, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.method = "POST";
+  r.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+  r.body = "a=x&b=0123456789";
+  const Verdict& v = t.evaluate(*e, r.view());
+  EXPECT_TRUE(v.intervene);
+  EXPECT_EQ(v.status, 413);
+  EXPECT_EQ(t.counters().bodyLimitRejected, 1u);
+  opt.bodyLimitAction = BodyLimitAction::kProcessPartial;
+  auto p = Engine::compile(opt, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(p);
+  const Verdict& v2 = t.evaluate(*p, r.view());
+  EXPECT_FALSE(v2.intervene);
+  EXPECT_EQ(ids(v2), (std::vector<uint32_t>{1}));
+  EXPECT_EQ(t.counters().bodyLimitPartial, 1u);
+}
+
+TEST(WafEngine, ScanCacheAnswersRulesSharingAChain) {
+  auto e = compileText(R"(
+SecRule ARGS "@rx alpha" "id:1,phase:2,pass,log,t:lowercase"
+SecRule ARGS "@rx beta" "id:2,phase:2,pass,log,t:lowercase"
+SecRule ARGS "@pm gamma delta" "id:3,phase:2,pass,log,t:lowercase"
+)");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->stats().patternGroups, 1u);
+  Transaction t;
+  Req r;
+  r.target = "/?a=ALPHA&b=Delta";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{1, 3}));
+  // Two values scanned once each; the other four checks were lookups.
+  EXPECT_EQ(t.counters().valuesScanned, 2u);
+  EXPECT_EQ(t.counters().scanCacheHits, 4u);
+}
+
+TEST(WafEngine, BadRulesAreReportedWithFileAndLine) {
+  std::vector<std::string> errors;
+  auto e = compileText("SecRule ARGS \"@rx (unclosed\" \"id:1,phase:2,pass\"\n", std::nullopt,
+                       &errors);
+  EXPECT_FALSE(e);
+  ASSERT_FALSE(errors.empty());
+  EXPECT_NE(errors[0].find("missing closing parenthesis"), std::string::npos) << errors[0];
+  errors.clear();
+  e = compileText("SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,t:noSuchThing\"\n", std::nullopt,
+                  &errors);
+  EXPECT_FALSE(e);
+  ASSERT_FALSE(errors.empty());
+  EXPECT_NE(errors[0].find(":1:"), std::string::npos) << errors[0];
+}
+
+// The real OWASP CRS as Debian installs it.
+constexpr const char* kCrsRules = "/usr/share/modsecurity-crs/rules";
+constexpr const char* kCrsSetup = "/etc/modsecurity/crs/crs-setup.conf";
+
+std::shared_ptr<const Engine> crs(int paranoia) {
+  EngineOptions opt;
+  opt.ruleFiles = {kCrsSetup, kCrsRules};
+  opt.preamble = crsPreamble(paranoia, 0, 0);
+  std::vector<std::string> errors;
+  auto e = Engine::compile(opt, &errors, nullptr, nullptr);
+  for (const auto& s : errors) ADD_FAILURE() << s;
+  return e;
+}
+
+TEST(WafEngineCrs, BlocksAttacksAndPassesBenignAtParanoia1) {
+  if (!std::filesystem::exists(kCrsRules) || !std::filesystem::exists(kCrsSetup)) {
+    GTEST_SKIP() << "modsecurity-crs is not installed";
+  }
+  auto e = crs(1);
+  ASSERT_TRUE(e);
+  EXPECT_GT(e->stats().rules, 500u);
+  Transaction t;
+  Req r;
+  r.headers = {{"Host", "shop.example"},
+               {"User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"},
+               {"Accept", "text/html,application/xhtml+xml"},
+               {"Accept-Language", "en-US,en;q=0.5"}};
+  r.target = "/search?q=blue+shoes&page=2";
+  const Verdict& ok = t.evaluate(*e, r.view());
+  EXPECT_FALSE(ok.intervene) << auditJson(r.view(), ok, e->mode());
+  EXPECT_EQ(ok.anomalyScore, 0);
+
+  r.target = "/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--";
+  const Verdict& sqli = t.evaluate(*e, r.view());
+  EXPECT_TRUE(sqli.intervene);
+  EXPECT_EQ(sqli.status, 403);
+  EXPECT_EQ(sqli.ruleId, 949110u);
+  EXPECT_GE(sqli.anomalyScore, 5);
+  const auto got = ids(sqli);
+  EXPECT_NE(std::find(got.begin(), got.end(), 942100u), got.end());
+
+  r.target = "/?file=../../../../etc/passwd";
+  const Verdict& lfi = t.evaluate(*e, r.view());
+  EXPECT_TRUE(lfi.intervene);
+  const auto lfiIds = ids(lfi);
+  EXPECT_NE(std::find(lfiIds.begin(), lfiIds.end(), 930120u), lfiIds.end());
+}
+
+}  // namespace
+}  // namespace moat::waf

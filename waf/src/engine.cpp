@@ -1,0 +1,1576 @@
+// WAF engine: compile (control plane) and Transaction::evaluate (worker).
+// See engine.h for the contract. ModSecurity v3 behaviour reproduced here is
+// named where it is implemented; where we differ on purpose the comment says
+// so.
+#include "moat/waf/engine.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <filesystem>
+#include <unordered_map>
+
+#include "moat/waf/body.h"
+#include "moat/waf/injection.h"
+#include "moat/waf/operators.h"
+#include "moat/waf/patterns.h"
+#include "moat/waf/transform.h"
+
+namespace moat::waf {
+namespace {
+
+constexpr uint32_t kNoValueId = UINT32_MAX;
+
+char lowerAscii(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (lowerAscii(a[i]) != lowerAscii(b[i])) return false;
+  }
+  return true;
+}
+
+std::string lowered(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = lowerAscii(c);
+  return out;
+}
+
+// ModSecurity's atoi-like conversion for setvar arithmetic: leading
+// whitespace, optional sign, digits; anything else ends the number.
+long long toInt(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
+  bool neg = false;
+  if (i < s.size() && (s[i] == '-' || s[i] == '+')) neg = s[i++] == '-';
+  long long v = 0;
+  for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) {
+    if (v < (1LL << 55)) v = v * 10 + (s[i] - '0');
+  }
+  return neg ? -v : v;
+}
+
+// %XX decoding without '+' (ModSecurity's uri_decode for REQUEST_URI and
+// REQUEST_FILENAME); invalid escapes are kept.
+std::string uriDecode(std::string_view in) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '%' && i + 2 < in.size()) {
+      const int h = hex(in[i + 1]), l = hex(in[i + 2]);
+      if (h >= 0 && l >= 0) {
+        out.push_back(static_cast<char>(h * 16 + l));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(in[i]);
+  }
+  return out;
+}
+
+// A small PCRE2 wrapper for the regexes that are not rule patterns: target
+// selectors (ARGS:/^id_/), ctl:ruleRemoveByTag patterns and @rx arguments
+// built from macros at run time. Compiled caseless where ModSecurity does.
+class Pcre {
+ public:
+  static std::shared_ptr<Pcre> compile(std::string_view pattern, bool caseless, std::string* error) {
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    uint32_t flags = PCRE2_DOTALL | PCRE2_MULTILINE | (caseless ? PCRE2_CASELESS : 0u);
+    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                     flags, &err, &off, nullptr);
+    if (code == nullptr) {
+      if (error != nullptr) {
+        PCRE2_UCHAR buf[256];
+        pcre2_get_error_message(err, buf, sizeof(buf));
+        *error = "regex /" + std::string(pattern) + "/: " + reinterpret_cast<char*>(buf) +
+                 " at offset " + std::to_string(off);
+      }
+      return nullptr;
+    }
+    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+    auto p = std::make_shared<Pcre>();
+    p->code_ = code;
+    p->mctx_ = pcre2_match_context_create(nullptr);
+    pcre2_set_match_limit(p->mctx_, 100000);
+    pcre2_set_depth_limit(p->mctx_, 10000);
+    return p;
+  }
+  ~Pcre() {
+    if (code_ != nullptr) pcre2_code_free(code_);
+    if (mctx_ != nullptr) pcre2_match_context_free(mctx_);
+  }
+  // Search anywhere in `s`. captures (optional) gets groups 0..9.
+  bool search(std::string_view s, std::vector<std::string>* captures = nullptr) const {
+    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
+    const char* p = s.data() != nullptr ? s.data() : "";
+    const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(p), s.size(), 0, 0, md, mctx_);
+    const bool ok = rc >= 0;
+    if (ok && captures != nullptr) {
+      captures->clear();
+      PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+      const int n = std::min(rc == 0 ? 10 : rc, 10);
+      for (int i = 0; i < n; ++i) {
+        if (ov[2 * i] == PCRE2_UNSET) {
+          captures->emplace_back();
+        } else {
+          captures->emplace_back(p + ov[2 * i], ov[2 * i + 1] - ov[2 * i]);
+        }
+      }
+    }
+    pcre2_match_data_free(md);
+    return ok;
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+  pcre2_match_context* mctx_ = nullptr;
+};
+
+enum class OpClass : uint8_t {
+  kPattern,     // @rx without macros, @pm, @pmFromFile: in a PatternSet
+  kRxMacro,     // @rx whose pattern holds macros: compiled per transaction
+  kScalar,      // CompiledOperator
+  kSqli,
+  kXss,
+  kGeoLookup,
+  kRbl,
+};
+
+struct TargetC {
+  Variable var;
+  std::shared_ptr<Pcre> selectorRegex;  // for SelectorKind::kRegex
+};
+
+struct LinkC {
+  const RuleLink* link = nullptr;
+  uint32_t ruleIndex = 0;
+  std::vector<Transform> chain;
+  uint32_t chainId = 0;
+  OpClass opClass = OpClass::kScalar;
+  uint32_t patternId = 0;  // global link index, the id in its group's PatternSet
+  std::optional<CompiledOperator> scalar;
+  std::vector<TargetC> targets;     // non-excluded targets
+  std::vector<TargetC> exclusions;  // `!` targets
+};
+
+struct RuleC {
+  const Rule* rule = nullptr;
+  uint32_t firstLink = 0;  // index into EngineImpl::links
+  uint32_t linkCount = 0;
+  Disruptive disruptive = Disruptive::kPass;  // resolved (block -> default)
+  uint16_t status = 403;
+  bool log = true;
+  std::vector<std::string> tags;  // literal text, for ruleRemoveByTag
+};
+
+}  // namespace
+
+class EngineImpl {
+ public:
+  RuleSet ruleSet;
+  std::vector<RuleC> rules;  // parallel to ruleSet.rules
+  std::vector<LinkC> links;
+  std::vector<std::vector<uint32_t>> byPhase = std::vector<std::vector<uint32_t>>(6);
+  std::vector<std::vector<Transform>> chains;  // chainId -> transformations
+  std::vector<std::shared_ptr<const PatternSet>> groups;  // chainId -> db (may be null)
+  std::optional<UnicodeMap> unicodeMap;
+  EngineMode mode = EngineMode::kOn;
+  bool requestBodyAccess = true;
+  size_t requestBodyLimit = 13107200;
+  BodyLimitAction bodyLimitAction = BodyLimitAction::kReject;
+  CompileStats stats;
+
+  const UnicodeMap* map() const { return unicodeMap ? &*unicodeMap : nullptr; }
+};
+
+namespace {
+
+std::optional<EngineMode> parseMode(std::string_view s) {
+  if (iequals(s, "On")) return EngineMode::kOn;
+  if (iequals(s, "DetectionOnly")) return EngineMode::kDetectionOnly;
+  if (iequals(s, "Off")) return EngineMode::kOff;
+  return std::nullopt;
+}
+
+std::vector<std::string> expandPaths(const std::vector<std::string>& in,
+                                     std::vector<std::string>* errors) {
+  std::vector<std::string> out;
+  for (const auto& p : in) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(p, ec)) {
+      std::vector<std::string> files;
+      for (const auto& e : std::filesystem::directory_iterator(p, ec)) {
+        if (e.path().extension() == ".conf") files.push_back(e.path().string());
+      }
+      std::sort(files.begin(), files.end());
+      if (files.empty() && errors != nullptr) errors->push_back(p + ": no *.conf files");
+      out.insert(out.end(), files.begin(), files.end());
+    } else {
+      out.push_back(p);
+    }
+  }
+  return out;
+}
+
+
+}  // namespace
+
+std::string_view toString(EngineMode mode) {
+  switch (mode) {
+    case EngineMode::kOn: return "On";
+    case EngineMode::kDetectionOnly: return "DetectionOnly";
+    case EngineMode::kOff: return "Off";
+  }
+  return "On";
+}
+
+std::string crsPreamble(int paranoia, int inboundThreshold, int outboundThreshold) {
+  std::string s;
+  if (paranoia > 0) {
+    s += "SecAction \"id:900000,phase:1,nolog,pass,t:none,setvar:tx.paranoia_level=" +
+         std::to_string(paranoia) + "\"\n";
+    s += "SecAction \"id:900001,phase:1,nolog,pass,t:none,setvar:tx.executing_paranoia_level=" +
+         std::to_string(paranoia) + "\"\n";
+  }
+  if (inboundThreshold > 0 || outboundThreshold > 0) {
+    s += "SecAction \"id:900110,phase:1,nolog,pass,t:none";
+    if (inboundThreshold > 0) {
+      s += ",setvar:tx.inbound_anomaly_score_threshold=" + std::to_string(inboundThreshold);
+    }
+    if (outboundThreshold > 0) {
+      s += ",setvar:tx.outbound_anomaly_score_threshold=" + std::to_string(outboundThreshold);
+    }
+    s += "\"\n";
+  }
+  return s;
+}
+
+Engine::Engine(std::unique_ptr<EngineImpl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+const CompileStats& Engine::stats() const { return impl_->stats; }
+EngineMode Engine::mode() const { return impl_->mode; }
+
+std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
+                                              std::vector<std::string>* errors,
+                                              std::vector<std::string>* warnings,
+                                              CompileStats* statsOut) {
+  auto fail = [&](std::string msg) {
+    if (errors != nullptr) errors->push_back(std::move(msg));
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  auto impl = std::make_unique<EngineImpl>();
+  impl->requestBodyLimit = options.requestBodyLimit;
+  impl->bodyLimitAction = options.bodyLimitAction;
+
+  // Load: the files up to and including the setup, the preamble, the rest,
+  // then the extra directives. The loader takes one list of files; the
+  // in-memory parts are loaded as separate texts and concatenated in order.
+  // Because SecRuleRemove*/UpdateTarget* only affect rules defined before
+  // them, and the preamble and extras hold only SecAction/exclusions, the
+  // pieces are loaded together by writing them as one text that Includes
+  // the files.
+  std::vector<std::string> loadErrors;
+  const std::vector<std::string> files = expandPaths(options.ruleFiles, &loadErrors);
+  for (auto& e : loadErrors) fail(e);
+  if (!loadErrors.empty()) return nullptr;
+  std::string text;
+  // The first file is the setup (crs-setup.conf) when there is more than one.
+  size_t setupCount = files.size() > 1 ? 1 : 0;
+  auto quote = [](const std::string& p) {
+    std::string q = "\"";
+    for (char c : p) {
+      if (c == '"' || c == '\\') q += '\\';
+      q += c;
+    }
+    return q + "\"";
+  };
+  for (size_t i = 0; i < setupCount; ++i) text += "Include " + quote(files[i]) + "\n";
+  text += options.preamble;
+  if (!text.empty() && text.back() != '\n') text += '\n';
+  for (size_t i = setupCount; i < files.size(); ++i) text += "Include " + quote(files[i]) + "\n";
+  text += options.extraDirectives;
+  if (!text.empty() && text.back() != '\n') text += '\n';
+
+  std::vector<LoadError> errs;
+  auto rs = loadRuleText(text, "<moat waf config>", std::filesystem::current_path().string(), &errs);
+  if (!rs) {
+    for (const auto& e : errs) {
+      fail((e.file.empty() ? std::string() : e.file + ":" + std::to_string(e.line) + ": ") +
+           e.message);
+    }
+    return nullptr;
+  }
+  impl->ruleSet = std::move(*rs);
+  RuleSet& set = impl->ruleSet;
+  if (warnings != nullptr) {
+    for (const auto& w : set.warnings) {
+      warnings->push_back(w.file + ":" + std::to_string(w.line) + ": " + w.message);
+    }
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+
+  // Engine settings.
+  std::string unicodePath = options.unicodeMapPath;
+  int codePage = options.unicodeCodePage;
+  for (const auto& s : set.settings) {
+    const std::string where = s.file + ":" + std::to_string(s.line) + ": ";
+    if (iequals(s.name, "SecRuleEngine") && !s.args.empty()) {
+      auto m = parseMode(s.args[0]);
+      if (m) impl->mode = *m;
+    } else if (iequals(s.name, "SecRequestBodyAccess") && !s.args.empty()) {
+      impl->requestBodyAccess = iequals(s.args[0], "On");
+    } else if (iequals(s.name, "SecRequestBodyLimit") && !s.args.empty()) {
+      impl->requestBodyLimit = static_cast<size_t>(toInt(s.args[0]));
+    } else if (iequals(s.name, "SecRequestBodyLimitAction") && !s.args.empty()) {
+      impl->bodyLimitAction = iequals(s.args[0], "ProcessPartial")
+                                  ? BodyLimitAction::kProcessPartial
+                                  : BodyLimitAction::kReject;
+    } else if (iequals(s.name, "SecUnicodeMapFile") && !s.args.empty()) {
+      if (unicodePath.empty()) {
+        unicodePath = s.args[0];
+        if (s.args.size() > 1) codePage = static_cast<int>(toInt(s.args[1]));
+      }
+    } else if (warnings != nullptr) {
+      warnings->push_back(where + s.name + " is accepted but has no effect in Moat");
+    }
+  }
+  if (options.mode) impl->mode = *options.mode;
+  if (!unicodePath.empty()) {
+    std::string err;
+    impl->unicodeMap = UnicodeMap::load(unicodePath, codePage, &err);
+    if (!impl->unicodeMap) {
+      fail(err);
+      return nullptr;
+    }
+  }
+
+  // Compile every rule link.
+  std::unordered_map<std::string, uint32_t> chainIds;
+  std::vector<std::vector<PatternSpec>> specs;
+  bool ok = true;
+  impl->rules.resize(set.rules.size());
+  for (uint32_t ri = 0; ri < set.rules.size(); ++ri) {
+    const Rule& rule = set.rules[ri];
+    RuleC& rc = impl->rules[ri];
+    rc.rule = &rule;
+    rc.firstLink = static_cast<uint32_t>(impl->links.size());
+    rc.linkCount = static_cast<uint32_t>(rule.links.size());
+    const DefaultAction* def =
+        rule.defaultActionIndex >= 0 ? &set.defaultActions[rule.defaultActionIndex] : nullptr;
+    Disruptive d = rule.disruptive;
+    if (d == Disruptive::kNone || d == Disruptive::kBlock) {
+      d = def != nullptr ? def->disruptive : Disruptive::kPass;
+      if (d == Disruptive::kBlock || d == Disruptive::kNone) d = Disruptive::kPass;
+    }
+    rc.disruptive = d;
+    rc.status = rule.status.value_or(def != nullptr && def->status ? *def->status : 403);
+    const RuleLink& l0 = rule.links.front();
+    rc.log = l0.log.value_or(def != nullptr && def->log ? *def->log : true);
+    for (const auto& t : rule.tags) rc.tags.push_back(t.text);
+    impl->byPhase[static_cast<size_t>(rule.phase)].push_back(ri);
+
+    for (const RuleLink& link : rule.links) {
+      LinkC lc;
+      lc.link = &link;
+      lc.ruleIndex = ri;
+      const uint32_t linkIndex = static_cast<uint32_t>(impl->links.size());
+      const std::string where = link.file + ":" + std::to_string(link.line) + ": rule " +
+                                std::to_string(rule.id) + ": ";
+      // Transformations: the default action's first unless t:none reset them.
+      std::vector<std::string> names;
+      if (!link.transformationsReset && def != nullptr && &link == &rule.links.front()) {
+        names = def->transformations;
+      }
+      names.insert(names.end(), link.transformations.begin(), link.transformations.end());
+      std::string key;
+      for (const auto& n : names) {
+        auto t = transformFromName(n);
+        if (!t) {
+          fail(where + "transformation t:" + n + " is not implemented");
+          ok = false;
+          continue;
+        }
+        if (*t == Transform::kNone) continue;
+        lc.chain.push_back(*t);
+        key += std::to_string(static_cast<int>(*t)) + ",";
+      }
+      auto [it, inserted] = chainIds.try_emplace(key, static_cast<uint32_t>(impl->chains.size()));
+      if (inserted) {
+        impl->chains.push_back(lc.chain);
+        specs.emplace_back();
+      }
+      lc.chainId = it->second;
+      lc.patternId = linkIndex;
+      // Targets.
+      for (const Variable& v : link.variables) {
+        TargetC tc;
+        tc.var = v;
+        if (v.selectorKind == SelectorKind::kRegex) {
+          std::string err;
+          tc.selectorRegex = Pcre::compile(v.selector, true, &err);
+          if (!tc.selectorRegex) {
+            fail(where + err);
+            ok = false;
+            continue;
+          }
+        }
+        (v.exclude ? lc.exclusions : lc.targets).push_back(std::move(tc));
+      }
+      // Operator.
+      const Operator& op = link.op;
+      switch (op.kind) {
+        case OperatorKind::kRx:
+          if (op.expandable.hasMacros()) {
+            lc.opClass = OpClass::kRxMacro;
+          } else {
+            lc.opClass = OpClass::kPattern;
+            PatternSpec ps;
+            ps.id = linkIndex;
+            ps.kind = PatternSpec::Kind::kRegex;
+            ps.regex = op.argument;
+            specs[lc.chainId].push_back(std::move(ps));
+            ++impl->stats.patternLinks;
+          }
+          break;
+        case OperatorKind::kPm:
+        case OperatorKind::kPmFromFile: {
+          lc.opClass = OpClass::kPattern;
+          PatternSpec ps;
+          ps.id = linkIndex;
+          ps.kind = PatternSpec::Kind::kPhrases;
+          ps.phrases = op.phrases;
+          specs[lc.chainId].push_back(std::move(ps));
+          ++impl->stats.patternLinks;
+          break;
+        }
+        case OperatorKind::kDetectSqli: lc.opClass = OpClass::kSqli; break;
+        case OperatorKind::kDetectXss: lc.opClass = OpClass::kXss; break;
+        case OperatorKind::kGeoLookup: lc.opClass = OpClass::kGeoLookup; break;
+        case OperatorKind::kRbl: lc.opClass = OpClass::kRbl; break;
+        default: {
+          std::string err;
+          std::string_view arg = op.argument;
+          std::string path;
+          if (op.kind == OperatorKind::kIpMatchFromFile && !op.dataFiles.empty()) {
+            path = op.dataFiles.front();
+            arg = path;
+          }
+          lc.scalar = CompiledOperator::compile(op.kind, arg, &err);
+          if (!lc.scalar) {
+            fail(where + err);
+            ok = false;
+          }
+          lc.opClass = OpClass::kScalar;
+        }
+      }
+      impl->links.push_back(std::move(lc));
+    }
+  }
+  if (!ok) return nullptr;
+  impl->stats.rules = set.rules.size();
+  impl->stats.links = impl->links.size();
+
+  // One PatternSet per transformation chain.
+  impl->groups.resize(specs.size());
+  bool allCached = true;
+  for (size_t c = 0; c < specs.size(); ++c) {
+    if (specs[c].empty()) continue;
+    std::string err;
+    BuildStats bs{};
+    impl->groups[c] = PatternSet::build(specs[c], options.cacheDir, &err, &bs);
+    if (!impl->groups[c]) {
+      fail("pattern group " + std::to_string(c) + ": " + err);
+      return nullptr;
+    }
+    ++impl->stats.patternGroups;
+    impl->stats.hsExact += bs.exact;
+    impl->stats.hsPrefilter += bs.prefilter;
+    impl->stats.pcreOnly += bs.pcreOnly;
+    impl->stats.phraseLists += bs.phrases;
+    allCached = allCached && bs.cacheHit;
+  }
+  impl->stats.cacheHit = allCached && impl->stats.patternGroups > 0;
+  const auto t2 = std::chrono::steady_clock::now();
+  impl->stats.loadMs = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  impl->stats.compileMs = std::chrono::duration<double, std::milli>(t2 - t1).count();
+  impl->stats.contentHash = contentHashHex(set);
+  if (statsOut != nullptr) *statsOut = impl->stats;
+  return std::shared_ptr<const Engine>(new Engine(std::move(impl)));
+}
+
+// ---------------------------------------------------------------------------
+// Transaction
+
+namespace {
+
+struct Member {
+  std::string_view key;
+  std::string_view value;
+  uint32_t vid = kNoValueId;
+};
+
+struct ScanEntry {
+  std::string transformed;
+  bool identity = false;  // the chain changed nothing: transformed is empty, use the value
+  bool scanned = false;
+  std::vector<uint32_t> hits;  // sorted pattern ids
+};
+
+}  // namespace
+
+struct TxState {
+  // Request-derived storage; deque keeps references stable.
+  std::deque<std::string> arena;
+  std::string_view keep(std::string s) {
+    arena.push_back(std::move(s));
+    return arena.back();
+  }
+  uint32_t nextVid = 0;
+
+  std::vector<Member> headers, cookies, argsGet, argsPost, files, filesNames, filesSizes,
+      multipartHeaders, env;
+  std::array<std::string_view, 256> scalars{};
+  std::array<uint32_t, 256> scalarVids{};
+  std::array<bool, 256> scalarSet{};
+
+  // Mutable collections: TX and the (transaction-local) persistent ones.
+  std::vector<std::pair<std::string, std::string>> tx, ip, global, session, user, resource;
+
+  // Matching state of the current rule.
+  std::string matchedVar, matchedVarName;
+  std::vector<std::pair<std::string, std::string>> matchedVars;  // name, value
+  std::vector<std::string> captures;
+
+  std::unordered_map<uint64_t, uint32_t> scanIndex;
+  std::vector<ScanEntry> scans;
+  size_t scansUsed = 0;
+  TransformScratch tscratch;
+  std::string tmp, tmp2;
+  PatternScratch pscratch;
+  BodyResult body, query;
+
+  // Runtime ctl state.
+  std::vector<IdRange> removedIds;
+  std::vector<std::shared_ptr<Pcre>> removedTags;
+  struct TargetRemoval {
+    IdRange ids;
+    std::shared_ptr<Pcre> tag;  // ByTag when set
+    Variable target;
+  };
+  std::vector<TargetRemoval> removedTargets;
+  std::optional<EngineMode> modeOverride;
+  std::string bodyProcessor;  // ctl:requestBodyProcessor, upper case
+  bool bodyAccess = true;
+  bool forceBodyVariable = false;  // ctl:forceRequestBodyVariable=On
+
+  int highestSeverity = 255;
+  std::chrono::steady_clock::time_point start;
+  Verdict verdict;
+  EngineCounters counters;
+  const EngineImpl* eng = nullptr;
+  const RequestView* req = nullptr;
+  std::string scratchNum[4];
+};
+
+namespace {
+
+using Coll = std::vector<std::pair<std::string, std::string>>;
+
+Coll* mutableCollection(TxState& s, VariableName v) {
+  switch (v) {
+    case VariableName::kTx: return &s.tx;
+    case VariableName::kIp: return &s.ip;
+    case VariableName::kGlobal: return &s.global;
+    case VariableName::kSession: return &s.session;
+    case VariableName::kUser: return &s.user;
+    case VariableName::kResource: return &s.resource;
+    default: return nullptr;
+  }
+}
+
+std::string* collGet(Coll& c, std::string_view lowerKey) {
+  for (auto& [k, v] : c) {
+    if (k == lowerKey) return &v;
+  }
+  return nullptr;
+}
+
+void collSet(Coll& c, std::string_view lowerKey, std::string value) {
+  if (std::string* v = collGet(c, lowerKey)) {
+    *v = std::move(value);
+  } else {
+    c.emplace_back(std::string(lowerKey), std::move(value));
+  }
+}
+
+const std::vector<Member>* requestCollection(const TxState& s, VariableName v) {
+  switch (v) {
+    case VariableName::kRequestHeaders:
+    case VariableName::kRequestHeadersNames: return &s.headers;
+    case VariableName::kRequestCookies:
+    case VariableName::kRequestCookiesNames: return &s.cookies;
+    case VariableName::kArgsGet:
+    case VariableName::kArgsGetNames: return &s.argsGet;
+    case VariableName::kArgsPost:
+    case VariableName::kArgsPostNames: return &s.argsPost;
+    case VariableName::kFiles: return &s.files;
+    case VariableName::kFilesNames: return &s.filesNames;
+    case VariableName::kFilesSizes: return &s.filesSizes;
+    case VariableName::kMultipartPartHeaders: return &s.multipartHeaders;
+    case VariableName::kEnv: return &s.env;
+    default: return nullptr;
+  }
+}
+
+bool isNamesVariable(VariableName v) {
+  return v == VariableName::kArgsNames || v == VariableName::kArgsGetNames ||
+         v == VariableName::kArgsPostNames || v == VariableName::kRequestHeadersNames ||
+         v == VariableName::kRequestCookiesNames || v == VariableName::kMatchedVarsNames;
+}
+
+bool selectorMatches(const TargetC& t, std::string_view key) {
+  switch (t.var.selectorKind) {
+    case SelectorKind::kNone: return true;
+    case SelectorKind::kLiteral: return iequals(t.var.selector, key);
+    case SelectorKind::kRegex: return t.selectorRegex && t.selectorRegex->search(key);
+  }
+  return false;
+}
+
+bool sameFamily(VariableName a, VariableName b) { return a == b; }
+
+// The names ModSecurity prints in MATCHED_VAR_NAME.
+std::string memberName(VariableName v, std::string_view key) {
+  std::string n(toString(v));
+  if (!key.empty()) {
+    n += ':';
+    n += key;
+  }
+  return n;
+}
+
+void setScalar(TxState& s, VariableName v, std::string_view value) {
+  const size_t i = static_cast<size_t>(v);
+  s.scalars[i] = value;
+  s.scalarVids[i] = s.nextVid++;
+  s.scalarSet[i] = true;
+}
+
+void setScalarOwned(TxState& s, VariableName v, std::string value) {
+  setScalar(s, v, s.keep(std::move(value)));
+}
+
+class Evaluator {
+ public:
+  Evaluator(TxState& s, const EngineImpl& e) : s_(s), e_(e) {}
+
+  EngineMode mode() const { return s_.modeOverride.value_or(e_.mode); }
+
+  // ---- macros ----
+  std::string expand(const MacroString& m, const Rule* rule) {
+    if (!m.hasMacros()) return m.text;
+    std::string out;
+    for (const auto& p : m.parts) {
+      if (!p.ref) {
+        out += p.literal;
+        continue;
+      }
+      resolveMacro(*p.ref, rule, out);
+    }
+    return out;
+  }
+
+  void resolveMacro(const MacroRef& r, const Rule* rule, std::string& out) {
+    if (Coll* c = mutableCollection(s_, r.variable)) {
+      if (const std::string* v = collGet(*c, lowered(r.key))) out += *v;
+      return;
+    }
+    switch (r.variable) {
+      case VariableName::kRule:
+        if (rule == nullptr) return;
+        if (iequals(r.key, "id")) {
+          out += std::to_string(rule->id);
+        } else if (iequals(r.key, "msg")) {
+          out += expand(rule->msg, rule);
+        } else if (iequals(r.key, "logdata")) {
+          out += expand(rule->logdata, rule);
+        } else if (iequals(r.key, "severity")) {
+          if (rule->severity) out += std::to_string(static_cast<int>(*rule->severity));
+        } else if (iequals(r.key, "ver")) {
+          out += rule->ver;
+        } else if (iequals(r.key, "rev")) {
+          out += rule->rev;
+        }
+        return;
+      case VariableName::kMatchedVar: out += s_.matchedVar; return;
+      case VariableName::kMatchedVarName: out += s_.matchedVarName; return;
+      default: break;
+    }
+    // Any other variable: its first value (with the key as a selector).
+    TargetC t;
+    t.var.name = r.variable;
+    if (!r.key.empty()) {
+      t.var.selectorKind = SelectorKind::kLiteral;
+      t.var.selector = r.key;
+    }
+    bool done = false;
+    forEachValue(t, nullptr, nullptr, [&](std::string_view, std::string_view value, uint32_t) {
+      if (!done) out += value;
+      done = true;
+    });
+  }
+
+  // ---- values ----
+  // Calls f(name, value, vid) for every value of target t, minus what the
+  // link's exclusions and the runtime target removals take out.
+  template <typename F>
+  void forEachValue(const TargetC& t, const std::vector<TargetC>* exclusions, const RuleC* rule,
+                    F&& f) {
+    auto excluded = [&](std::string_view key) {
+      if (exclusions != nullptr) {
+        for (const TargetC& x : *exclusions) {
+          if (sameFamily(x.var.name, t.var.name) && selectorMatches(x, key)) return true;
+        }
+      }
+      if (rule != nullptr && !s_.removedTargets.empty()) {
+        for (const auto& r : s_.removedTargets) {
+          if (r.target.name != t.var.name) continue;
+          bool applies = false;
+          if (r.tag) {
+            for (const auto& tag : rule->tags) applies = applies || r.tag->search(tag);
+          } else {
+            applies = r.ids.contains(rule->rule->id);
+          }
+          if (!applies) continue;
+          TargetC x;
+          x.var = r.target;
+          if (x.var.selectorKind == SelectorKind::kRegex) {
+            x.selectorRegex = Pcre::compile(x.var.selector, true, nullptr);
+          }
+          if (selectorMatches(x, key)) return true;
+        }
+      }
+      return false;
+    };
+    const VariableName v = t.var.name;
+    auto members = [&](const std::vector<Member>& list, bool names) {
+      for (const Member& m : list) {
+        if (!selectorMatches(t, m.key) || excluded(m.key)) continue;
+        if (names) {
+          f(memberName(v, m.key), m.key, kNoValueId == m.vid ? kNoValueId : m.vid | 0x80000000u);
+        } else {
+          f(memberName(v, m.key), m.value, m.vid);
+        }
+      }
+    };
+    switch (v) {
+      case VariableName::kArgs:
+        members(s_.argsGet, false);
+        members(s_.argsPost, false);
+        return;
+      case VariableName::kArgsNames:
+        members(s_.argsGet, true);
+        members(s_.argsPost, true);
+        return;
+      case VariableName::kXml:
+        // Two XPath expressions are understood, the ones CRS uses: "/*"
+        // (all text content) and "//@*" (every attribute value). Any other
+        // selector gives the text, as the loader accepted it.
+        if (s_.verdict.bodyProcessor == "XML" && !s_.verdict.bodyError) {
+          if (t.var.selector == "//@*") {
+            for (const std::string& a : s_.body.xml_attributes) f("XML://@*", a, kNoValueId);
+          } else {
+            f("XML:/*", s_.body.xml_text, kNoValueId);
+          }
+        }
+        return;
+      case VariableName::kMatchedVars:
+      case VariableName::kMatchedVarsNames: {
+        const bool names = v == VariableName::kMatchedVarsNames;
+        for (const auto& [n, val] : s_.matchedVars) {
+          if (!selectorMatches(t, n) || excluded(n)) continue;
+          f(memberName(v, n), names ? std::string_view(n) : std::string_view(val), kNoValueId);
+        }
+        return;
+      }
+      case VariableName::kGeo:
+      case VariableName::kRule:
+        return;
+      default: break;
+    }
+    if (Coll* c = mutableCollection(s_, v)) {
+      // Copy: the callback may run setvar... it does not (operators only), but
+      // be safe against reallocation by iterating indices.
+      for (size_t i = 0; i < c->size(); ++i) {
+        const auto& [k, val] = (*c)[i];
+        if (!selectorMatches(t, k) || excluded(k)) continue;
+        f(memberName(v, k), val, kNoValueId);
+      }
+      return;
+    }
+    if (const std::vector<Member>* list = requestCollection(s_, v)) {
+      members(*list, isNamesVariable(v));
+      return;
+    }
+    // Scalars.
+    if (v == VariableName::kMatchedVar) {
+      f(std::string(toString(v)), s_.matchedVar, kNoValueId);
+      return;
+    }
+    if (v == VariableName::kMatchedVarName) {
+      f(std::string(toString(v)), s_.matchedVarName, kNoValueId);
+      return;
+    }
+    if (v == VariableName::kDuration) {
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::steady_clock::now() - s_.start)
+                          .count();
+      s_.scratchNum[0] = std::to_string(us);
+      f(std::string(toString(v)), s_.scratchNum[0], kNoValueId);
+      return;
+    }
+    if (v == VariableName::kHighestSeverity) {
+      s_.scratchNum[1] = std::to_string(s_.highestSeverity);
+      f(std::string(toString(v)), s_.scratchNum[1], kNoValueId);
+      return;
+    }
+    // Scalars always have a value, "" when nothing set them: ModSecurity
+    // v3's anchored variables behave so (a negated operator on an unset
+    // REQBODY_PROCESSOR matches, which CRS 901340 relies on).
+    const size_t idx = static_cast<size_t>(v);
+    if (idx < s_.scalarSet.size() && s_.scalarSet[idx]) {
+      f(std::string(toString(v)), s_.scalars[idx], s_.scalarVids[idx]);
+    } else {
+      f(std::string(toString(v)), std::string_view(), kNoValueId);
+    }
+  }
+
+  size_t countValues(const TargetC& t, const std::vector<TargetC>* exclusions, const RuleC* rule) {
+    size_t n = 0;
+    forEachValue(t, exclusions, rule, [&](std::string_view, std::string_view, uint32_t) { ++n; });
+    return n;
+  }
+
+  // ---- operators ----
+  // The scan-cache entry for (vid, chain): the transformed value, and the
+  // Hyperscan hits when scanned.
+  ScanEntry& entryFor(uint32_t vid, uint32_t chainId, std::string_view value) {
+    const uint64_t key = (uint64_t{vid} << 32) | chainId;
+    auto [it, inserted] = s_.scanIndex.try_emplace(key, static_cast<uint32_t>(s_.scansUsed));
+    if (!inserted) {
+      ++s_.counters.scanCacheHits;
+      return s_.scans[it->second];
+    }
+    if (s_.scansUsed == s_.scans.size()) s_.scans.emplace_back();
+    ScanEntry& e = s_.scans[s_.scansUsed++];
+    e.scanned = false;
+    e.hits.clear();
+    std::string_view out =
+        applyTransforms(e_.chains[chainId], value, e_.map(), s_.tscratch);
+    e.identity = out.data() == value.data() && out.size() == value.size();
+    if (e.identity) {
+      e.transformed.clear();
+    } else {
+      e.transformed.assign(out);
+    }
+    return e;
+  }
+
+  bool patternMatch(const LinkC& lc, std::string_view transformed, ScanEntry* entry,
+                    std::vector<std::string>* captures) {
+    const PatternSet& ps = *e_.groups[lc.chainId];
+    if (entry != nullptr && captures == nullptr) {
+      if (!entry->scanned) {
+        ps.scan(transformed, s_.pscratch, entry->hits);
+        std::sort(entry->hits.begin(), entry->hits.end());
+        entry->scanned = true;
+        ++s_.counters.valuesScanned;
+      }
+      return std::binary_search(entry->hits.begin(), entry->hits.end(), lc.patternId);
+    }
+    ++s_.counters.directMatches;
+    return ps.matchOne(lc.patternId, transformed, s_.pscratch, captures);
+  }
+
+  // Runs the link's operator on one already-transformed value.
+  bool runOperator(const LinkC& lc, const Rule& rule, std::string_view value, ScanEntry* entry,
+                   bool wantCapture) {
+    const Operator& op = lc.link->op;
+    bool m = false;
+    switch (lc.opClass) {
+      case OpClass::kPattern:
+        if (wantCapture && !op.negated) {
+          m = patternMatch(lc, value, entry, nullptr);
+          if (m) patternMatch(lc, value, nullptr, &s_.captures);
+        } else {
+          m = patternMatch(lc, value, entry, nullptr);
+        }
+        break;
+      case OpClass::kRxMacro: {
+        const std::string pattern = expand(op.expandable, &rule);
+        auto re = Pcre::compile(pattern, false, nullptr);
+        m = re && re->search(value, wantCapture ? &s_.captures : nullptr);
+        break;
+      }
+      case OpClass::kScalar:
+        if (lc.scalar->needsExpansion()) {
+          const std::string arg = expand(op.expandable, &rule);
+          s_.tmp2.clear();
+          m = matchWithArgument(lc.scalar->kind(), value, arg, wantCapture ? &s_.tmp2 : nullptr);
+        } else {
+          s_.tmp2.clear();
+          m = lc.scalar->match(value, wantCapture ? &s_.tmp2 : nullptr);
+        }
+        if (m && wantCapture && !s_.tmp2.empty()) {
+          s_.captures.clear();
+          s_.captures.push_back(s_.tmp2);
+        }
+        break;
+      case OpClass::kSqli: {
+        std::string fp;
+        m = detectSqli(value, &fp);
+        if (m && wantCapture) {
+          s_.captures.clear();
+          s_.captures.push_back(fp);
+        }
+        break;
+      }
+      case OpClass::kXss:
+        m = detectXss(value);
+        break;
+      case OpClass::kGeoLookup:
+        ++s_.counters.geoLookupUnavailable;
+        m = false;
+        break;
+      case OpClass::kRbl:
+        ++s_.counters.rblUnavailable;
+        m = false;
+        break;
+    }
+    return op.negated ? !m : m;
+  }
+
+  // Evaluates one link over all its target values. Returns whether any
+  // value matched; records MATCHED_VAR(S) and captures.
+  bool evalLink(const LinkC& lc, const RuleC& rc) {
+    const RuleLink& link = *lc.link;
+    const Rule& rule = *rc.rule;
+    bool any = false;
+    std::vector<std::pair<std::string, std::string>> newMatches;
+    auto onValue = [&](const std::string& name, std::string_view value, uint32_t vid) {
+      bool m = false;
+      std::string_view transformed;
+      if (link.multiMatch) {
+        // The operator sees the value before any transformation and after
+        // every transformation that changed it (ModSecurity's multiMatch).
+        std::string last;
+        m = runOperator(lc, rule, value, nullptr, link.capture);
+        std::string current(value);
+        if (!m) {
+          applyTransforms(lc.chain, value, e_.map(), s_.tscratch,
+                          [&](Transform, std::string_view v) {
+                            if (!m && runOperator(lc, rule, v, nullptr, link.capture)) {
+                              m = true;
+                              current.assign(v);
+                            }
+                          });
+        }
+        if (m) {
+          any = true;
+          newMatches.emplace_back(name, current);
+        }
+        return;
+      }
+      ScanEntry* entry = nullptr;
+      if (vid != kNoValueId) {
+        entry = &entryFor(vid, lc.chainId, value);
+        transformed = entry->identity ? value : std::string_view(entry->transformed);
+      } else {
+        transformed = applyTransforms(lc.chain, value, e_.map(), s_.tscratch);
+        if (transformed.data() != value.data()) {
+          s_.tmp.assign(transformed);
+          transformed = s_.tmp;
+        }
+      }
+      m = runOperator(lc, rule, transformed, entry, link.capture);
+      if (m) {
+        any = true;
+        newMatches.emplace_back(name, std::string(transformed));
+      }
+    };
+    if (lc.targets.empty()) {
+      // SecAction (no targets): the operator runs once on nothing.
+      if (runOperator(lc, rule, std::string_view(), nullptr, false)) any = true;
+    }
+    for (const TargetC& t : lc.targets) {
+      if (t.var.count) {
+        const size_t n = countValues(t, &lc.exclusions, &rc);
+        const std::string name = "&" + memberName(t.var.name, t.var.selector);
+        onValue(name, std::to_string(n), kNoValueId);
+        continue;
+      }
+      // Copy values of mutable collections first: forEachValue hands out
+      // views into TX, and nothing below writes TX, so views are stable.
+      forEachValue(t, &lc.exclusions, &rc, onValue);
+    }
+    if (any) {
+      for (auto& [n, v] : newMatches) {
+        s_.matchedVarName = n;
+        s_.matchedVar = v;
+        s_.matchedVars.emplace_back(std::move(n), std::move(v));
+      }
+      if (link.capture) {
+        for (size_t i = 0; i < s_.captures.size() && i < 10; ++i) {
+          collSet(s_.tx, std::to_string(i), s_.captures[i]);
+        }
+      }
+    }
+    return any;
+  }
+
+  // ---- actions ----
+  void runEffects(const RuleLink& link, const Rule& rule) {
+    for (const SideEffect& fx : link.effects) {
+      if (const auto* sv = std::get_if<SetVar>(&fx)) {
+        Coll* c = mutableCollection(s_, sv->collection);
+        if (c == nullptr) continue;
+        const std::string key = lowered(expand(sv->key, &rule));
+        switch (sv->op) {
+          case SetVarOp::kSet: collSet(*c, key, expand(sv->value, &rule)); break;
+          case SetVarOp::kIncrement:
+          case SetVarOp::kDecrement: {
+            std::string* cur = collGet(*c, key);
+            long long base = cur != nullptr ? toInt(*cur) : 0;
+            long long amount = toInt(expand(sv->value, &rule));
+            long long r = sv->op == SetVarOp::kIncrement ? base + amount : base - amount;
+            collSet(*c, key, std::to_string(r));
+            break;
+          }
+          case SetVarOp::kDelete:
+            c->erase(std::remove_if(c->begin(), c->end(),
+                                    [&](const auto& kv) { return kv.first == key; }),
+                     c->end());
+            break;
+        }
+      } else if (const auto* se = std::get_if<SetEnv>(&fx)) {
+        std::string_view n = s_.keep(expand(se->name, &rule));
+        std::string_view v = s_.keep(expand(se->value, &rule));
+        s_.env.push_back(Member{n, v, kNoValueId});
+      } else if (const auto* ctl = std::get_if<Ctl>(&fx)) {
+        runCtl(*ctl, rule);
+      }
+      // ExpireVar / InitCol: collections live for one transaction in Moat,
+      // so expiry and initialisation have nothing to do.
+    }
+  }
+
+  void runCtl(const Ctl& ctl, const Rule& rule) {
+    switch (ctl.kind) {
+      case CtlKind::kRuleEngine: s_.modeOverride = parseMode(ctl.value); break;
+      case CtlKind::kRequestBodyAccess: s_.bodyAccess = iequals(ctl.value, "On"); break;
+      case CtlKind::kRequestBodyProcessor: {
+        std::string v = ctl.value;
+        for (char& c : v) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        s_.bodyProcessor = v;
+        setScalarOwned(s_, VariableName::kReqbodyProcessor, std::move(v));
+        break;
+      }
+      case CtlKind::kForceRequestBodyVariable:
+        s_.forceBodyVariable = iequals(ctl.value, "On");
+        break;
+      case CtlKind::kRuleRemoveById:
+        s_.removedIds.insert(s_.removedIds.end(), ctl.ids.begin(), ctl.ids.end());
+        break;
+      case CtlKind::kRuleRemoveByTag:
+        if (auto re = Pcre::compile(ctl.pattern, false, nullptr)) s_.removedTags.push_back(re);
+        break;
+      case CtlKind::kRuleRemoveTargetById:
+        if (ctl.target) {
+          for (const auto& r : ctl.ids) s_.removedTargets.push_back({r, nullptr, *ctl.target});
+        }
+        break;
+      case CtlKind::kRuleRemoveTargetByTag:
+        if (ctl.target) {
+          if (auto re = Pcre::compile(ctl.pattern, false, nullptr)) {
+            s_.removedTargets.push_back({IdRange{}, re, *ctl.target});
+          }
+        }
+        break;
+      default:
+        // audit/debug log switches, response settings: nothing to change.
+        (void)rule;
+        break;
+    }
+  }
+
+  bool removed(const RuleC& rc) const {
+    const uint32_t id = rc.rule->id;
+    for (const auto& r : s_.removedIds) {
+      if (r.contains(id)) return true;
+    }
+    for (const auto& re : s_.removedTags) {
+      for (const auto& t : rc.tags) {
+        if (re->search(t)) return true;
+      }
+    }
+    return false;
+  }
+
+  // Runs one phase. Returns false when evaluation must stop (intervention or
+  // allow for the whole transaction).
+  bool runPhase(int phase) {
+    const auto& list = e_.byPhase[static_cast<size_t>(phase)];
+    uint32_t skip = 0;
+    for (size_t pos = 0; pos < list.size(); ++pos) {
+      if (mode() == EngineMode::kOff) return false;
+      const RuleC& rc = e_.rules[list[pos]];
+      if (skip > 0) {
+        --skip;
+        continue;
+      }
+      if (removed(rc)) continue;
+      const Rule& rule = *rc.rule;
+      s_.matchedVars.clear();
+      bool matched = true;
+      for (uint32_t li = 0; li < rc.linkCount; ++li) {
+        const LinkC& lc = e_.links[rc.firstLink + li];
+        if (!evalLink(lc, rc)) {
+          matched = false;
+          break;
+        }
+        runEffects(*lc.link, rule);
+      }
+      if (!matched) continue;
+      ++s_.counters.ruleMatches;
+      if (rule.severity) {
+        s_.highestSeverity = std::min(s_.highestSeverity, static_cast<int>(*rule.severity));
+      }
+      if (rc.log && rule.id != 0) {
+        MatchedRule mr;
+        mr.id = rule.id;
+        mr.msg = expand(rule.msg, &rule);
+        mr.data = expand(rule.logdata, &rule);
+        mr.matchedVar = s_.matchedVarName;
+        mr.hasSeverity = rule.severity.has_value();
+        mr.severity = rule.severity.value_or(Severity::kNotice);
+        mr.phase = static_cast<uint8_t>(phase);
+        s_.verdict.matched.push_back(std::move(mr));
+      }
+      if (rule.skipAfter) {
+        const uint32_t resume = rule.skipAfter->resumeIndex;
+        auto it = std::lower_bound(list.begin(), list.end(), resume);
+        pos = static_cast<size_t>(it - list.begin()) - 1;  // loop adds one
+      } else if (rule.skip > 0) {
+        skip = rule.skip;
+      }
+      switch (rc.disruptive) {
+        case Disruptive::kDeny:
+        case Disruptive::kDrop:
+        case Disruptive::kRedirect: {
+          const uint16_t status = rc.disruptive == Disruptive::kDeny
+                                      ? rc.status
+                                      : (rc.disruptive == Disruptive::kRedirect ? 302 : 0);
+          if (mode() == EngineMode::kOn) {
+            s_.verdict.intervene = true;
+            s_.verdict.status = status;
+            s_.verdict.ruleId = rule.id;
+            return false;
+          }
+          if (!s_.verdict.wouldIntervene) {
+            s_.verdict.wouldIntervene = true;
+            s_.verdict.ruleId = rule.id;
+            s_.verdict.status = status;
+          }
+          break;
+        }
+        case Disruptive::kAllow:
+          if (mode() == EngineMode::kOn) {
+            s_.verdict.allowed = true;
+            if (rule.allowScope == AllowScope::kPhase) return true;  // next phase runs
+            return false;
+          }
+          break;
+        default: break;
+      }
+    }
+    return true;
+  }
+
+ private:
+  TxState& s_;
+  const EngineImpl& e_;
+};
+
+void addMembers(TxState& s, std::vector<Member>& out, const std::vector<BodyArg>& args) {
+  for (const auto& [k, v] : args) out.push_back(Member{k, v, s.nextVid++});
+}
+
+// Cookie header(s) split ModSecurity v3's way: on ';', leading whitespace of
+// each pair dropped, name up to the first '='.
+void parseCookies(TxState& s, std::string_view header) {
+  size_t p = 0;
+  while (p <= header.size()) {
+    size_t e = header.find(';', p);
+    if (e == std::string_view::npos) e = header.size();
+    std::string_view pair = header.substr(p, e - p);
+    while (!pair.empty() && (pair.front() == ' ' || pair.front() == '\t')) pair.remove_prefix(1);
+    if (!pair.empty()) {
+      const size_t eq = pair.find('=');
+      std::string_view name = pair.substr(0, eq);
+      std::string_view value = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+      s.cookies.push_back(Member{name, value, s.nextVid++});
+    }
+    p = e + 1;
+  }
+}
+
+std::string_view headerValue(const RequestView& r, std::string_view name) {
+  for (const auto& [k, v] : r.headers) {
+    if (iequals(k, name)) return v;
+  }
+  return {};
+}
+
+// The body processor chosen from Content-Type before phase 1: ModSecurity
+// picks URLENCODED and MULTIPART itself, and JSON / XML through the rules
+// 200000 / 200001 of its recommended configuration, which Moat applies
+// built in. A ctl:requestBodyProcessor in phase 1 overrides it.
+std::string defaultProcessor(const RequestView& r) {
+  const std::string ct = lowered(headerValue(r, "Content-Type"));
+  if (ct.rfind("application/x-www-form-urlencoded", 0) == 0) return "URLENCODED";
+  if (ct.rfind("multipart/form-data", 0) == 0) return "MULTIPART";
+  if (ct.rfind("application/json", 0) == 0 ||
+      (ct.find("+json") != std::string::npos && ct.rfind("application/", 0) == 0)) {
+    return "JSON";
+  }
+  if (ct.rfind("text/xml", 0) == 0 || ct.rfind("application/xml", 0) == 0 ||
+      (ct.find("+xml") != std::string::npos && ct.rfind("application/", 0) == 0)) {
+    return "XML";
+  }
+  return "";
+}
+
+void fillRequest(TxState& s, const RequestView& r) {
+  s.bodyProcessor = defaultProcessor(r);
+  if (!s.bodyProcessor.empty()) {
+    setScalarOwned(s, VariableName::kReqbodyProcessor, s.bodyProcessor);
+  }
+  for (const auto& [k, v] : r.headers) {
+    s.headers.push_back(Member{k, v, s.nextVid++});
+    if (iequals(k, "Cookie")) parseCookies(s, v);
+  }
+  setScalar(s, VariableName::kRequestMethod, r.method);
+  setScalar(s, VariableName::kRequestProtocol, r.protocol);
+  setScalar(s, VariableName::kRequestUriRaw, r.target);
+  setScalarOwned(s, VariableName::kRequestLine,
+                 std::string(r.method) + " " + std::string(r.target) + " " + std::string(r.protocol));
+  // Absolute-form targets lose scheme and authority in REQUEST_URI.
+  std::string_view target = r.target;
+  if (!target.empty() && target.front() != '/') {
+    const size_t scheme = target.find("://");
+    if (scheme != std::string_view::npos) {
+      const size_t slash = target.find('/', scheme + 3);
+      target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+    }
+  }
+  const size_t q = target.find('?');
+  std::string_view path = target.substr(0, q);
+  std::string_view query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+  setScalarOwned(s, VariableName::kRequestUri, uriDecode(target));
+  std::string filename = uriDecode(path);
+  const size_t slash = filename.find_last_of("/\\");
+  setScalarOwned(s, VariableName::kRequestBasename,
+                 slash == std::string::npos ? filename : filename.substr(slash + 1));
+  setScalarOwned(s, VariableName::kRequestFilename, std::move(filename));
+  setScalar(s, VariableName::kQueryString, query);
+  setScalar(s, VariableName::kPathInfo, "");
+  setScalar(s, VariableName::kRemoteAddr, r.remoteAddr);
+  setScalar(s, VariableName::kRemoteHost, r.remoteAddr);
+  setScalarOwned(s, VariableName::kRemotePort, std::to_string(r.remotePort));
+  setScalar(s, VariableName::kServerAddr, r.serverAddr);
+  setScalarOwned(s, VariableName::kServerPort, std::to_string(r.serverPort));
+  std::string_view host = headerValue(r, "Host");
+  setScalar(s, VariableName::kServerName, host.substr(0, host.rfind(':') == std::string_view::npos
+                                                           ? host.size()
+                                                           : host.rfind(':')));
+  setScalar(s, VariableName::kUniqueId, r.requestId);
+  std::string_view auth = headerValue(r, "Authorization");
+  setScalar(s, VariableName::kAuthType, auth.substr(0, auth.find(' ')));
+  setScalar(s, VariableName::kRemoteUser, "");
+  // Query string arguments.
+  s.query.reset();
+  if (!query.empty()) parseUrlEncoded(query, BodyLimits{}, s.query);
+  addMembers(s, s.argsGet, s.query.args);
+  // Time.
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%02d:%02d:%02d", tm.tm_hour, tm.tm_min, tm.tm_sec);
+  setScalarOwned(s, VariableName::kTime, buf);
+  setScalarOwned(s, VariableName::kTimeEpoch, std::to_string(static_cast<long long>(now)));
+  setScalarOwned(s, VariableName::kTimeYear, std::to_string(tm.tm_year + 1900));
+  setScalarOwned(s, VariableName::kTimeMon, std::to_string(tm.tm_mon + 1));
+  setScalarOwned(s, VariableName::kTimeDay, std::to_string(tm.tm_mday));
+  setScalarOwned(s, VariableName::kTimeHour, std::to_string(tm.tm_hour));
+  setScalarOwned(s, VariableName::kTimeMin, std::to_string(tm.tm_min));
+  setScalarOwned(s, VariableName::kTimeSec, std::to_string(tm.tm_sec));
+  setScalarOwned(s, VariableName::kTimeWday, std::to_string(tm.tm_wday));
+  setScalar(s, VariableName::kWebAppId, "default");
+  setScalar(s, VariableName::kModsecBuild, "030009");
+  // Request body size and full request. REQUEST_BODY is filled after phase 1
+  // (processBody), once the processor is known.
+  setScalarOwned(s, VariableName::kRequestBodyLength, std::to_string(r.body.size()));
+  std::string full = std::string(r.method) + " " + std::string(r.target) + " " +
+                     std::string(r.protocol) + "\n";
+  for (const auto& [k, v] : r.headers) {
+    full.append(k).append(": ").append(v).append("\n");
+  }
+  full += "\n";
+  full.append(r.body);
+  setScalarOwned(s, VariableName::kFullRequestLength, std::to_string(full.size()));
+  setScalarOwned(s, VariableName::kFullRequest, std::move(full));
+}
+
+std::string_view flag(bool b) { return b ? "1" : "0"; }
+
+void processBody(TxState& s, const EngineImpl& e, const RequestView& r) {
+  Verdict& v = s.verdict;
+  const std::string proc = s.bodyProcessor;
+  BodyLimits limits;
+  limits.max_body_bytes = e.requestBodyLimit;
+  std::string_view body = r.body;
+  bool over = r.bodyTruncated || body.size() > e.requestBodyLimit;
+  if (over) {
+    v.bodyLimitExceeded = true;
+    setScalar(s, VariableName::kInboundDataError, "1");
+    if (e.bodyLimitAction == BodyLimitAction::kReject) {
+      ++s.counters.bodyLimitRejected;
+    } else {
+      ++s.counters.bodyLimitPartial;
+      if (body.size() > e.requestBodyLimit) body = body.substr(0, e.requestBodyLimit);
+    }
+  } else {
+    setScalar(s, VariableName::kInboundDataError, "0");
+  }
+  s.body.reset();
+  // REQUEST_BODY holds the raw body for URL-encoded bodies, or for any body
+  // when ctl:forceRequestBodyVariable=On (CRS 901340 sets it when no
+  // processor applies), as in ModSecurity. XML, JSON and multipart bodies are
+  // seen through their parsed variables only.
+  if (!body.empty() && s.bodyAccess && (proc == "URLENCODED" || s.forceBodyVariable)) {
+    setScalar(s, VariableName::kRequestBody, body);
+  }
+  if (!s.bodyAccess || body.empty() || proc.empty()) {
+    if (!proc.empty()) {
+      setScalarOwned(s, VariableName::kReqbodyProcessor, proc);
+      v.bodyProcessor = s.scalars[static_cast<size_t>(VariableName::kReqbodyProcessor)];
+    }
+    setScalar(s, VariableName::kReqbodyError, "0");
+    setScalar(s, VariableName::kReqbodyProcessorError, "0");
+    setScalarOwned(s, VariableName::kArgsCombinedSize, std::to_string(s.query.args_combined_size));
+    return;
+  }
+  if (proc == "URLENCODED") {
+    parseUrlEncoded(body, limits, s.body);
+  } else if (proc == "MULTIPART") {
+    parseMultipart(headerValue(r, "Content-Type"), body, limits, s.body);
+  } else if (proc == "JSON") {
+    parseJson(body, limits, s.body);
+  } else if (proc == "XML") {
+    parseXml(body, limits, s.body);
+  }
+  setScalarOwned(s, VariableName::kReqbodyProcessor, proc);
+  v.bodyProcessor = s.scalars[static_cast<size_t>(VariableName::kReqbodyProcessor)];
+  addMembers(s, s.argsPost, s.body.args);
+  v.bodyError = s.body.reqbody_error;
+  if (v.bodyError) ++s.counters.bodyErrors;
+  setScalar(s, VariableName::kReqbodyError, flag(s.body.reqbody_error));
+  setScalar(s, VariableName::kReqbodyProcessorError, flag(s.body.reqbody_error));
+  setScalar(s, VariableName::kReqbodyErrorMsg, s.body.reqbody_error_msg);
+  setScalar(s, VariableName::kReqbodyProcessorErrorMsg, s.body.reqbody_error_msg);
+  setScalar(s, VariableName::kUrlencodedError,
+            flag(s.body.urlencoded_error || s.query.urlencoded_error));
+  setScalarOwned(s, VariableName::kArgsCombinedSize,
+                 std::to_string(s.query.args_combined_size + s.body.args_combined_size));
+  if (proc == "MULTIPART") {
+    const MultipartFlags& f = s.body.multipart;
+    setScalar(s, VariableName::kMultipartStrictError, flag(f.strictError()));
+    setScalar(s, VariableName::kMultipartUnmatchedBoundary, flag(f.unmatched_boundary));
+    setScalar(s, VariableName::kMultipartBoundaryQuoted, flag(f.boundary_quoted));
+    setScalar(s, VariableName::kMultipartBoundaryWhitespace, flag(f.boundary_whitespace));
+    setScalar(s, VariableName::kMultipartDataBefore, flag(f.data_before));
+    setScalar(s, VariableName::kMultipartDataAfter, flag(f.data_after));
+    setScalar(s, VariableName::kMultipartHeaderFolding, flag(f.header_folding));
+    setScalar(s, VariableName::kMultipartLfLine, flag(f.lf_line));
+    setScalar(s, VariableName::kMultipartCrlfLfLines, flag(f.crlfLfLines()));
+    setScalar(s, VariableName::kMultipartMissingSemicolon, flag(f.missing_semicolon));
+    setScalar(s, VariableName::kMultipartInvalidQuoting, flag(f.invalid_quoting));
+    setScalar(s, VariableName::kMultipartInvalidPart, flag(f.invalid_part));
+    setScalar(s, VariableName::kMultipartInvalidHeaderFolding, flag(f.invalid_header_folding));
+    setScalar(s, VariableName::kMultipartFileLimitExceeded, flag(f.file_limit_exceeded));
+    if (!s.body.multipart_names.empty()) {
+      setScalar(s, VariableName::kMultipartName, s.body.multipart_names.back());
+    }
+    if (!s.body.multipart_filenames.empty()) {
+      setScalar(s, VariableName::kMultipartFilename, s.body.multipart_filenames.back());
+    }
+    addMembers(s, s.files, s.body.files);
+    for (const auto& n : s.body.files_names) s.filesNames.push_back(Member{n, n, s.nextVid++});
+    for (const auto& [n, size] : s.body.files_sizes) {
+      s.filesSizes.push_back(Member{n, s.keep(std::to_string(size)), s.nextVid++});
+    }
+    addMembers(s, s.multipartHeaders, s.body.multipart_part_headers);
+    setScalarOwned(s, VariableName::kFilesCombinedSize, std::to_string(s.body.files_combined_size));
+  }
+}
+
+}  // namespace
+
+Transaction::Transaction() : state_(std::make_unique<TxState>()) {}
+Transaction::~Transaction() = default;
+const EngineCounters& Transaction::counters() const { return state_->counters; }
+
+std::optional<std::string> Transaction::tx(std::string_view key) const {
+  if (const std::string* v = collGet(state_->tx, lowered(key))) return *v;
+  return std::nullopt;
+}
+
+const Verdict& Transaction::evaluate(const Engine& engine, const RequestView& request) {
+  TxState& s = *state_;
+  const EngineImpl& e = engine.impl();
+  // Reset per-transaction state (capacities kept).
+  s.arena.clear();
+  s.nextVid = 0;
+  for (auto* v : {&s.headers, &s.cookies, &s.argsGet, &s.argsPost, &s.files, &s.filesNames,
+                  &s.filesSizes, &s.multipartHeaders, &s.env}) {
+    v->clear();
+  }
+  s.scalarSet.fill(false);
+  for (auto* c : {&s.tx, &s.ip, &s.global, &s.session, &s.user, &s.resource}) c->clear();
+  s.matchedVar.clear();
+  s.matchedVarName.clear();
+  s.matchedVars.clear();
+  s.captures.clear();
+  s.scanIndex.clear();
+  s.scansUsed = 0;
+  s.removedIds.clear();
+  s.removedTags.clear();
+  s.removedTargets.clear();
+  s.modeOverride.reset();
+  s.bodyProcessor.clear();
+  s.bodyAccess = e.requestBodyAccess;
+  s.forceBodyVariable = false;
+  s.highestSeverity = 255;
+  s.verdict = Verdict{};
+  s.start = std::chrono::steady_clock::now();
+  s.eng = &e;
+  s.req = &request;
+  ++s.counters.transactions;
+  if (e.mode == EngineMode::kOff) return s.verdict;
+
+  fillRequest(s, request);
+  Evaluator ev(s, e);
+  bool go = ev.runPhase(1);
+  if (go) {
+    processBody(s, e, request);
+    if (s.verdict.bodyLimitExceeded && e.bodyLimitAction == BodyLimitAction::kReject) {
+      if (ev.mode() == EngineMode::kOn) {
+        s.verdict.intervene = true;
+        s.verdict.status = 413;
+        go = false;
+      } else {
+        s.verdict.wouldIntervene = true;
+        s.verdict.status = 413;
+      }
+    }
+  }
+  if (go) ev.runPhase(2);
+  if (const std::string* a = collGet(s.tx, "anomaly_score")) {
+    s.verdict.anomalyScore = static_cast<int>(toInt(*a));
+  }
+  if (const std::string* a = collGet(s.tx, "inbound_anomaly_score")) {
+    s.verdict.anomalyScore = std::max(s.verdict.anomalyScore, static_cast<int>(toInt(*a)));
+  }
+  if (s.verdict.intervene) ++s.counters.interventions;
+  if (s.verdict.wouldIntervene) ++s.counters.detectOnlyInterventions;
+  s.counters.pcreLimitHits = s.pscratch.pcreLimitHits;
+  return s.verdict;
+}
+
+namespace {
+void jsonEscape(std::string& out, std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c >= 0x7f) {
+          out += "\\u00";
+          out += hex[c >> 4];
+          out += hex[c & 15];
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+}
+}  // namespace
+
+std::string auditJson(const RequestView& r, const Verdict& v, EngineMode mode) {
+  std::string o = "{\"request_id\":\"";
+  jsonEscape(o, r.requestId);
+  o += "\",\"client\":\"";
+  jsonEscape(o, r.remoteAddr);
+  o += "\",\"client_port\":" + std::to_string(r.remotePort) + ",\"method\":\"";
+  jsonEscape(o, r.method);
+  o += "\",\"uri\":\"";
+  jsonEscape(o, r.target);
+  o += "\",\"anomaly_score\":" + std::to_string(v.anomalyScore) + ",\"action\":\"";
+  if (v.intervene) {
+    o += "blocked";
+  } else if (v.wouldIntervene) {
+    o += "detected";
+  } else if (v.allowed) {
+    o += "allowed";
+  } else {
+    o += "passed";
+  }
+  o += "\",\"status\":" + std::to_string(v.status) + ",\"rule\":" + std::to_string(v.ruleId) +
+       ",\"mode\":\"" + std::string(toString(mode)) + "\",\"rules\":[";
+  bool first = true;
+  for (const auto& m : v.matched) {
+    if (!first) o += ',';
+    first = false;
+    o += "{\"id\":" + std::to_string(m.id) + ",\"msg\":\"";
+    jsonEscape(o, m.msg);
+    o += "\",\"data\":\"";
+    jsonEscape(o, m.data.size() > 512 ? std::string_view(m.data).substr(0, 512) : m.data);
+    o += "\",\"var\":\"";
+    jsonEscape(o, m.matchedVar);
+    o += "\"}";
+  }
+  o += "]}";
+  return o;
+}
+
+}  // namespace moat::waf
