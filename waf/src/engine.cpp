@@ -116,7 +116,8 @@ class Pcre {
   }
   // Search anywhere in `s`. captures (optional) gets groups 0..9.
   bool search(std::string_view s, std::vector<std::string>* captures = nullptr) const {
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
+    // One match data block per thread, reused: enough for groups 0..15.
+    thread_local pcre2_match_data* md = pcre2_match_data_create(16, nullptr);
     const char* p = s.data() != nullptr ? s.data() : "";
     const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(p), s.size(), 0, 0, md, mctx_);
     const bool ok = rc >= 0;
@@ -132,7 +133,6 @@ class Pcre {
         }
       }
     }
-    pcre2_match_data_free(md);
     return ok;
   }
 
@@ -521,7 +521,8 @@ namespace {
 struct Member {
   std::string_view key;
   std::string_view value;
-  uint32_t vid = kNoValueId;
+  uint32_t vid = kNoValueId;      // value's id for the scan cache
+  uint32_t nameVid = kNoValueId;  // the key's id (for *_NAMES targets)
 };
 
 struct ScanEntry {
@@ -556,12 +557,19 @@ struct TxState {
   std::vector<std::pair<std::string, std::string>> matchedVars;  // name, value
   std::vector<std::string> captures;
 
-  std::unordered_map<uint64_t, uint32_t> scanIndex;
+  // Scan cache index: scanSlot[vid * chains + chainId] = 1 + index into
+  // scans, 0 = not yet. Value ids are dense and per transaction.
+  std::vector<uint32_t> scanSlot;
+  std::vector<std::pair<std::string, std::string>> newMatches;
   std::vector<ScanEntry> scans;
   size_t scansUsed = 0;
   TransformScratch tscratch;
   std::string tmp, tmp2;
-  PatternScratch pscratch;
+  // One pattern scratch per group (chain id): a Hyperscan scratch prepared
+  // for one database is re-prepared when used with another, which costs far
+  // more than the scan. Sized on the first evaluate() with an engine.
+  std::vector<PatternScratch> pscratch;
+  const EngineImpl* scratchFor = nullptr;
   BodyResult body, query;
 
   // Runtime ctl state.
@@ -654,6 +662,14 @@ bool selectorMatches(const TargetC& t, std::string_view key) {
 
 bool sameFamily(VariableName a, VariableName b) { return a == b; }
 
+// A variable member's name, built only when something matched it.
+struct VarRef {
+  VariableName var;
+  std::string_view key;  // "" for scalars
+  const char* fixed = nullptr;  // a literal name instead ("XML:/*")
+  std::string str() const;
+};
+
 // The names ModSecurity prints in MATCHED_VAR_NAME.
 std::string memberName(VariableName v, std::string_view key) {
   std::string n(toString(v));
@@ -674,6 +690,8 @@ void setScalar(TxState& s, VariableName v, std::string_view value) {
 void setScalarOwned(TxState& s, VariableName v, std::string value) {
   setScalar(s, v, s.keep(std::move(value)));
 }
+
+std::string VarRef::str() const { return fixed != nullptr ? std::string(fixed) : memberName(var, key); }
 
 class Evaluator {
  public:
@@ -729,7 +747,7 @@ class Evaluator {
       t.var.selector = r.key;
     }
     bool done = false;
-    forEachValue(t, nullptr, nullptr, [&](std::string_view, std::string_view value, uint32_t) {
+    forEachValue(t, nullptr, nullptr, [&](const VarRef&, std::string_view value, uint32_t) {
       if (!done) out += value;
       done = true;
     });
@@ -772,9 +790,9 @@ class Evaluator {
       for (const Member& m : list) {
         if (!selectorMatches(t, m.key) || excluded(m.key)) continue;
         if (names) {
-          f(memberName(v, m.key), m.key, kNoValueId == m.vid ? kNoValueId : m.vid | 0x80000000u);
+          f(VarRef{v, m.key}, m.key, m.nameVid);
         } else {
-          f(memberName(v, m.key), m.value, m.vid);
+          f(VarRef{v, m.key}, m.value, m.vid);
         }
       }
     };
@@ -793,9 +811,9 @@ class Evaluator {
         // selector gives the text, as the loader accepted it.
         if (s_.verdict.bodyProcessor == "XML" && !s_.verdict.bodyError) {
           if (t.var.selector == "//@*") {
-            for (const std::string& a : s_.body.xml_attributes) f("XML://@*", a, kNoValueId);
+            for (const std::string& a : s_.body.xml_attributes) f(VarRef{v, {}, "XML://@*"}, a, kNoValueId);
           } else {
-            f("XML:/*", s_.body.xml_text, kNoValueId);
+            f(VarRef{v, {}, "XML:/*"}, s_.body.xml_text, kNoValueId);
           }
         }
         return;
@@ -804,7 +822,7 @@ class Evaluator {
         const bool names = v == VariableName::kMatchedVarsNames;
         for (const auto& [n, val] : s_.matchedVars) {
           if (!selectorMatches(t, n) || excluded(n)) continue;
-          f(memberName(v, n), names ? std::string_view(n) : std::string_view(val), kNoValueId);
+          f(VarRef{v, n}, names ? std::string_view(n) : std::string_view(val), kNoValueId);
         }
         return;
       }
@@ -819,7 +837,7 @@ class Evaluator {
       for (size_t i = 0; i < c->size(); ++i) {
         const auto& [k, val] = (*c)[i];
         if (!selectorMatches(t, k) || excluded(k)) continue;
-        f(memberName(v, k), val, kNoValueId);
+        f(VarRef{v, k}, val, kNoValueId);
       }
       return;
     }
@@ -829,11 +847,11 @@ class Evaluator {
     }
     // Scalars.
     if (v == VariableName::kMatchedVar) {
-      f(std::string(toString(v)), s_.matchedVar, kNoValueId);
+      f(VarRef{v, {}}, s_.matchedVar, kNoValueId);
       return;
     }
     if (v == VariableName::kMatchedVarName) {
-      f(std::string(toString(v)), s_.matchedVarName, kNoValueId);
+      f(VarRef{v, {}}, s_.matchedVarName, kNoValueId);
       return;
     }
     if (v == VariableName::kDuration) {
@@ -841,12 +859,12 @@ class Evaluator {
                           std::chrono::steady_clock::now() - s_.start)
                           .count();
       s_.scratchNum[0] = std::to_string(us);
-      f(std::string(toString(v)), s_.scratchNum[0], kNoValueId);
+      f(VarRef{v, {}}, s_.scratchNum[0], kNoValueId);
       return;
     }
     if (v == VariableName::kHighestSeverity) {
       s_.scratchNum[1] = std::to_string(s_.highestSeverity);
-      f(std::string(toString(v)), s_.scratchNum[1], kNoValueId);
+      f(VarRef{v, {}}, s_.scratchNum[1], kNoValueId);
       return;
     }
     // Scalars always have a value, "" when nothing set them: ModSecurity
@@ -854,15 +872,15 @@ class Evaluator {
     // REQBODY_PROCESSOR matches, which CRS 901340 relies on).
     const size_t idx = static_cast<size_t>(v);
     if (idx < s_.scalarSet.size() && s_.scalarSet[idx]) {
-      f(std::string(toString(v)), s_.scalars[idx], s_.scalarVids[idx]);
+      f(VarRef{v, {}}, s_.scalars[idx], s_.scalarVids[idx]);
     } else {
-      f(std::string(toString(v)), std::string_view(), kNoValueId);
+      f(VarRef{v, {}}, std::string_view(), kNoValueId);
     }
   }
 
   size_t countValues(const TargetC& t, const std::vector<TargetC>* exclusions, const RuleC* rule) {
     size_t n = 0;
-    forEachValue(t, exclusions, rule, [&](std::string_view, std::string_view, uint32_t) { ++n; });
+    forEachValue(t, exclusions, rule, [&](const VarRef&, std::string_view, uint32_t) { ++n; });
     return n;
   }
 
@@ -870,12 +888,14 @@ class Evaluator {
   // The scan-cache entry for (vid, chain): the transformed value, and the
   // Hyperscan hits when scanned.
   ScanEntry& entryFor(uint32_t vid, uint32_t chainId, std::string_view value) {
-    const uint64_t key = (uint64_t{vid} << 32) | chainId;
-    auto [it, inserted] = s_.scanIndex.try_emplace(key, static_cast<uint32_t>(s_.scansUsed));
-    if (!inserted) {
+    const size_t chains = e_.chains.size();
+    const size_t slot = size_t{vid} * chains + chainId;
+    if (slot >= s_.scanSlot.size()) s_.scanSlot.resize((size_t{s_.nextVid} + 64) * chains, 0);
+    if (s_.scanSlot[slot] != 0) {
       ++s_.counters.scanCacheHits;
-      return s_.scans[it->second];
+      return s_.scans[s_.scanSlot[slot] - 1];
     }
+    s_.scanSlot[slot] = static_cast<uint32_t>(s_.scansUsed + 1);
     if (s_.scansUsed == s_.scans.size()) s_.scans.emplace_back();
     ScanEntry& e = s_.scans[s_.scansUsed++];
     e.scanned = false;
@@ -896,7 +916,7 @@ class Evaluator {
     const PatternSet& ps = *e_.groups[lc.chainId];
     if (entry != nullptr && captures == nullptr) {
       if (!entry->scanned) {
-        ps.scan(transformed, s_.pscratch, entry->hits);
+        ps.scan(transformed, s_.pscratch[lc.chainId], entry->hits);
         std::sort(entry->hits.begin(), entry->hits.end());
         entry->scanned = true;
         ++s_.counters.valuesScanned;
@@ -904,7 +924,7 @@ class Evaluator {
       return std::binary_search(entry->hits.begin(), entry->hits.end(), lc.patternId);
     }
     ++s_.counters.directMatches;
-    return ps.matchOne(lc.patternId, transformed, s_.pscratch, captures);
+    return ps.matchOne(lc.patternId, transformed, s_.pscratch[lc.chainId], captures);
   }
 
   // Runs the link's operator on one already-transformed value.
@@ -971,14 +991,14 @@ class Evaluator {
     const RuleLink& link = *lc.link;
     const Rule& rule = *rc.rule;
     bool any = false;
-    std::vector<std::pair<std::string, std::string>> newMatches;
-    auto onValue = [&](const std::string& name, std::string_view value, uint32_t vid) {
+    auto& newMatches = s_.newMatches;
+    newMatches.clear();
+    auto onValue = [&](const VarRef& name, std::string_view value, uint32_t vid) {
       bool m = false;
       std::string_view transformed;
       if (link.multiMatch) {
         // The operator sees the value before any transformation and after
         // every transformation that changed it (ModSecurity's multiMatch).
-        std::string last;
         m = runOperator(lc, rule, value, nullptr, link.capture);
         std::string current(value);
         if (!m) {
@@ -992,7 +1012,7 @@ class Evaluator {
         }
         if (m) {
           any = true;
-          newMatches.emplace_back(name, current);
+          newMatches.emplace_back(name.str(), current);
         }
         return;
       }
@@ -1010,7 +1030,7 @@ class Evaluator {
       m = runOperator(lc, rule, transformed, entry, link.capture);
       if (m) {
         any = true;
-        newMatches.emplace_back(name, std::string(transformed));
+        newMatches.emplace_back(name.str(), std::string(transformed));
       }
     };
     if (lc.targets.empty()) {
@@ -1021,7 +1041,8 @@ class Evaluator {
       if (t.var.count) {
         const size_t n = countValues(t, &lc.exclusions, &rc);
         const std::string name = "&" + memberName(t.var.name, t.var.selector);
-        onValue(name, std::to_string(n), kNoValueId);
+        s_.scratchNum[2] = std::to_string(n);
+        onValue(VarRef{t.var.name, {}, name.c_str()}, s_.scratchNum[2], kNoValueId);
         continue;
       }
       // Copy values of mutable collections first: forEachValue hands out
@@ -1217,7 +1238,10 @@ class Evaluator {
 };
 
 void addMembers(TxState& s, std::vector<Member>& out, const std::vector<BodyArg>& args) {
-  for (const auto& [k, v] : args) out.push_back(Member{k, v, s.nextVid++});
+  for (const auto& [k, v] : args) {
+    out.push_back(Member{k, v, s.nextVid, s.nextVid + 1});
+    s.nextVid += 2;
+  }
 }
 
 // Cookie header(s) split ModSecurity v3's way: on ';', leading whitespace of
@@ -1233,7 +1257,8 @@ void parseCookies(TxState& s, std::string_view header) {
       const size_t eq = pair.find('=');
       std::string_view name = pair.substr(0, eq);
       std::string_view value = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
-      s.cookies.push_back(Member{name, value, s.nextVid++});
+      s.cookies.push_back(Member{name, value, s.nextVid, s.nextVid + 1});
+      s.nextVid += 2;
     }
     p = e + 1;
   }
@@ -1271,7 +1296,8 @@ void fillRequest(TxState& s, const RequestView& r) {
     setScalarOwned(s, VariableName::kReqbodyProcessor, s.bodyProcessor);
   }
   for (const auto& [k, v] : r.headers) {
-    s.headers.push_back(Member{k, v, s.nextVid++});
+    s.headers.push_back(Member{k, v, s.nextVid, s.nextVid + 1});
+    s.nextVid += 2;
     if (iequals(k, "Cookie")) parseCookies(s, v);
   }
   setScalar(s, VariableName::kRequestMethod, r.method);
@@ -1431,9 +1457,13 @@ void processBody(TxState& s, const EngineImpl& e, const RequestView& r) {
       setScalar(s, VariableName::kMultipartFilename, s.body.multipart_filenames.back());
     }
     addMembers(s, s.files, s.body.files);
-    for (const auto& n : s.body.files_names) s.filesNames.push_back(Member{n, n, s.nextVid++});
+    for (const auto& n : s.body.files_names) {
+      s.filesNames.push_back(Member{n, n, s.nextVid, s.nextVid});
+      ++s.nextVid;
+    }
     for (const auto& [n, size] : s.body.files_sizes) {
-      s.filesSizes.push_back(Member{n, s.keep(std::to_string(size)), s.nextVid++});
+      s.filesSizes.push_back(Member{n, s.keep(std::to_string(size)), s.nextVid, s.nextVid + 1});
+      s.nextVid += 2;
     }
     addMembers(s, s.multipartHeaders, s.body.multipart_part_headers);
     setScalarOwned(s, VariableName::kFilesCombinedSize, std::to_string(s.body.files_combined_size));
@@ -1467,7 +1497,7 @@ const Verdict& Transaction::evaluate(const Engine& engine, const RequestView& re
   s.matchedVarName.clear();
   s.matchedVars.clear();
   s.captures.clear();
-  s.scanIndex.clear();
+  std::fill(s.scanSlot.begin(), s.scanSlot.end(), 0u);
   s.scansUsed = 0;
   s.removedIds.clear();
   s.removedTags.clear();
@@ -1484,6 +1514,16 @@ const Verdict& Transaction::evaluate(const Engine& engine, const RequestView& re
   ++s.counters.transactions;
   if (e.mode == EngineMode::kOff) return s.verdict;
 
+  if (s.scratchFor != &e) {
+    // First evaluation with this engine (a new snapshot): size the scratch
+    // space for every group. Allocates, once per engine per worker.
+    s.pscratch.clear();
+    s.pscratch.resize(e.groups.size());
+    for (size_t g = 0; g < e.groups.size(); ++g) {
+      if (e.groups[g]) s.pscratch[g].prepare(*e.groups[g]);
+    }
+    s.scratchFor = &e;
+  }
   fillRequest(s, request);
   Evaluator ev(s, e);
   bool go = ev.runPhase(1);
@@ -1509,7 +1549,9 @@ const Verdict& Transaction::evaluate(const Engine& engine, const RequestView& re
   }
   if (s.verdict.intervene) ++s.counters.interventions;
   if (s.verdict.wouldIntervene) ++s.counters.detectOnlyInterventions;
-  s.counters.pcreLimitHits = s.pscratch.pcreLimitHits;
+  uint64_t limitHits = 0;
+  for (const auto& ps : s.pscratch) limitHits += ps.pcreLimitHits;
+  s.counters.pcreLimitHits = limitHits;
   return s.verdict;
 }
 
