@@ -27,6 +27,7 @@
 #include "moat/control/snapshot.h"
 #include "moat/l7/proxy.h"
 #include "moat/ratelimit/limiter.h"
+#include "moat/waf/engine.h"
 
 using namespace moat;
 
@@ -187,6 +188,46 @@ int openAccessLog(const std::string& where) {
   return fd;
 }
 
+// Compiles the waf section (control thread; loads and compiles the rule files,
+// seconds without the cache). Null with errors logged when it fails, or when
+// the WAF is disabled (then `ok` stays true).
+std::shared_ptr<const waf::Engine> compileWaf(const control::WafConfig& w, bool* ok) {
+  *ok = true;
+  if (!w.enabled) return nullptr;
+  waf::EngineOptions opt;
+  if (!w.setup.empty()) opt.ruleFiles.push_back(w.setup);
+  opt.ruleFiles.insert(opt.ruleFiles.end(), w.rules.begin(), w.rules.end());
+  opt.preamble = waf::crsPreamble(static_cast<int>(w.paranoia), static_cast<int>(w.inboundThreshold),
+                                  static_cast<int>(w.outboundThreshold));
+  for (uint32_t id : w.disableRules) opt.extraDirectives += "SecRuleRemoveById " + std::to_string(id) + "\n";
+  for (const auto& x : w.excludeTargets) {
+    opt.extraDirectives += "SecRuleUpdateTargetById " + std::to_string(x.rule) + " \"!" + x.target + "\"\n";
+  }
+  opt.mode = w.detectOnly ? waf::EngineMode::kDetectionOnly : waf::EngineMode::kOn;
+  opt.requestBodyLimit = w.requestBodyLimit;
+  opt.bodyLimitAction = w.bodyLimitReject ? waf::BodyLimitAction::kReject : waf::BodyLimitAction::kProcessPartial;
+  opt.unicodeMapPath = w.unicodeMap;
+  opt.cacheDir = w.cacheDir;
+  std::vector<std::string> errors, warnings;
+  waf::CompileStats st;
+  auto engine = waf::Engine::compile(opt, &errors, &warnings, &st);
+  for (const auto& m : warnings) logLine("warn", "waf: " + m);
+  if (!engine) {
+    for (const auto& m : errors) logLine("error", "waf: " + m);
+    *ok = false;
+    return nullptr;
+  }
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                "waf: %zu rules, %zu patterns in %zu Hyperscan groups, paranoia %u, %s; load %.0f ms, "
+                "compile %.0f ms%s",
+                st.rules, st.patternLinks, st.patternGroups, w.paranoia,
+                w.detectOnly ? "detect only" : "blocking", st.loadMs, st.compileMs,
+                st.cacheHit ? " (cache hit)" : "");
+  logLine("info", buf);
+  return engine;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -200,6 +241,12 @@ int main(int argc, char** argv) {
         for (const auto& e : r.errors) std::fprintf(stderr, "%s: %s\n", file.c_str(), e.toString().c_str());
         if (!r.errors.empty()) {
           std::fprintf(stderr, "%s: %zu error(s); config rejected\n", file.c_str(), r.errors.size());
+          return 1;
+        }
+        bool ok = true;
+        compileWaf(r.config->waf, &ok);
+        if (!ok) {
+          std::fprintf(stderr, "%s: waf rules rejected\n", file.c_str());
           return 1;
         }
         std::printf("%s: OK\n", file.c_str());
@@ -241,13 +288,26 @@ int main(int argc, char** argv) {
   size_t nworkers = config.workers == 0 ? ncpu : config.workers;
   uint64_t version = 1;
   control::SnapshotPublisher publisher(nworkers);
+  bool wafOk = true;
+  std::shared_ptr<const waf::Engine> wafEngine = compileWaf(config.waf, &wafOk);
+  if (!wafOk) {
+    logLine("error", "waf rules rejected; not starting");
+    return 1;
+  }
   try {
-    publisher.publish(control::buildSnapshot(config, version));
+    publisher.publish(control::buildSnapshot(config, version, wafEngine));
   } catch (const std::exception& e) {
     logLine("error", std::string("config: ") + e.what());
     return 1;
   }
   int accessFd = openAccessLog(config.logging.accessLog);
+  int wafAuditFd = -1;
+  if (!config.waf.auditLog.empty()) {
+    wafAuditFd = ::open(config.waf.auditLog.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (wafAuditFd < 0) {
+      logLine("error", "waf audit log " + config.waf.auditLog + ": " + strerror(errno) + "; audit log off");
+    }
+  }
   // One table for the process: its size is fixed at start, and its state
   // (every client's bucket) survives config reloads.
   std::unique_ptr<ratelimit::Table> rateTable;
@@ -266,6 +326,7 @@ int main(int argc, char** argv) {
     o.publisher = &publisher;
     o.accessLogFd = accessFd;
     o.rateLimitTable = rateTable.get();
+    o.wafAuditFd = wafAuditFd;
     o.stop = &stop;
     std::string err;
     auto w = l7::Worker::create(o, err);
@@ -324,14 +385,31 @@ int main(int argc, char** argv) {
                              std::to_string(version) + " keeps running");
         continue;
       }
+      if (r.config->waf.auditLog != config.waf.auditLog) {
+        logLine("warn", "reload: waf.auditLog changes only on restart");
+      }
+      // The rule set is compiled again only when the waf section changed;
+      // compiling happens here, on the control thread, while workers go on
+      // with the previous snapshot.
+      std::shared_ptr<const waf::Engine> nextWaf = wafEngine;
+      if (!(r.config->waf == config.waf)) {
+        bool ok = true;
+        nextWaf = compileWaf(r.config->waf, &ok);
+        if (!ok) {
+          logLine("error", "reload rejected: waf rules did not compile; config version " +
+                               std::to_string(version) + " keeps running");
+          continue;
+        }
+      }
       try {
-        publisher.publish(control::buildSnapshot(*r.config, version + 1));
+        publisher.publish(control::buildSnapshot(*r.config, version + 1, nextWaf));
       } catch (const std::exception& e) {
         logLine("error", std::string("reload rejected: ") + e.what());
         continue;
       }
       ++version;
       config = *r.config;
+      wafEngine = nextWaf;
       gLogLevel = static_cast<int>(config.logging.level);
       logLine("info", "config version " + std::to_string(version) + " applied");
     }

@@ -176,8 +176,10 @@ class Validator {
         logging(v, key);
       } else if (key == "rateLimit") {
         rateLimit(v, key);
+      } else if (key == "waf") {
+        waf(v, key);
       } else {
-        unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging, rateLimit");
+        unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging, rateLimit, waf");
       }
     }
     if (!sawListeners) error("listeners", "missing required field");
@@ -503,8 +505,10 @@ class Validator {
           std::optional<std::string> s = string(m.value(), fp);
           if (s && poolNames_.count(*s) == 0) error(fp, "no pool named " + jsonQuote(*s));
           if (s) rc.pool = *s;
+        } else if (m.key() == "waf") {
+          boolean(m.value(), fp, &rc.waf);
         } else {
-          unknown(fp, "host, pathPrefix, pool");
+          unknown(fp, "host, pathPrefix, pool, waf");
         }
       }
       if (!sawPool) error(join(rp, "pool"), "missing required field");
@@ -634,6 +638,92 @@ class Validator {
       error(ip, err);
       return false;
     });
+  }
+
+  void waf(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    WafConfig& w = config_.waf;
+    auto anyString = [](const std::string&, const std::string&) { return true; };
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      if (m.key() == "enabled") {
+        boolean(v, fp, &w.enabled);
+      } else if (m.key() == "mode") {
+        std::optional<std::string> s = string(v, fp);
+        if (s && *s != "block" && *s != "detect") {
+          error(fp, "must be \"block\" or \"detect\", got " + jsonQuote(*s));
+        } else if (s) {
+          w.detectOnly = *s == "detect";
+        }
+      } else if (m.key() == "paranoia") {
+        uintInRange(v, fp, 1, 4, "", &w.paranoia);
+      } else if (m.key() == "inboundThreshold") {
+        uintInRange(v, fp, 0, 100000, "", &w.inboundThreshold);
+      } else if (m.key() == "outboundThreshold") {
+        uintInRange(v, fp, 0, 100000, "", &w.outboundThreshold);
+      } else if (m.key() == "setup") {
+        if (auto s = string(v, fp)) w.setup = *s;
+      } else if (m.key() == "rules") {
+        stringList(v, fp, &w.rules, anyString);
+        if (w.rules.empty()) error(fp, "at least one rule file or directory");
+      } else if (m.key() == "unicodeMap") {
+        if (auto s = string(v, fp)) w.unicodeMap = *s;
+      } else if (m.key() == "requestBodyLimit") {
+        uintInRange(v, fp, 0, 262144, " bytes", &w.requestBodyLimit);
+      } else if (m.key() == "bodyLimitAction") {
+        std::optional<std::string> s = string(v, fp);
+        if (s && *s != "reject" && *s != "inspect") {
+          error(fp, "must be \"reject\" or \"inspect\", got " + jsonQuote(*s));
+        } else if (s) {
+          w.bodyLimitReject = *s == "reject";
+        }
+      } else if (m.key() == "cacheDir") {
+        if (auto s = string(v, fp)) w.cacheDir = *s;
+      } else if (m.key() == "auditLog") {
+        if (auto s = string(v, fp)) w.auditLog = *s;
+      } else if (m.key() == "disableRules") {
+        if (!array(v, fp)) continue;
+        w.disableRules.clear();
+        for (size_t i = 0; i < v.size(); ++i) {
+          uint32_t id = 0;
+          if (uintInRange(v[i], indexed(fp, i), 1, 999999999, "", &id)) w.disableRules.push_back(id);
+        }
+      } else if (m.key() == "excludeTargets") {
+        if (!array(v, fp)) continue;
+        w.excludeTargets.clear();
+        for (size_t i = 0; i < v.size(); ++i) {
+          const std::string ip = indexed(fp, i);
+          if (!object(v[i], ip)) continue;
+          WafTargetExclusion x;
+          bool sawRule = false, sawTarget = false;
+          for (const auto& e : v[i].items()) {
+            const std::string ep = join(ip, e.key());
+            if (e.key() == "rule") {
+              sawRule = uintInRange(e.value(), ep, 1, 999999999, "", &x.rule);
+            } else if (e.key() == "target") {
+              std::optional<std::string> t = string(e.value(), ep);
+              if (t && (t->empty() || t->find_first_of(" \t\"',|") != std::string::npos)) {
+                error(ep, "one variable such as ARGS:password, got " + jsonQuote(*t));
+              } else if (t) {
+                x.target = *t;
+                sawTarget = true;
+              }
+            } else {
+              unknown(ep, "rule, target");
+            }
+          }
+          if (!sawRule) error(join(ip, "rule"), "missing required field");
+          if (!sawTarget) error(join(ip, "target"), "missing required field");
+          if (sawRule && sawTarget) w.excludeTargets.push_back(std::move(x));
+        }
+      } else {
+        unknown(fp,
+                "enabled, mode, paranoia, inboundThreshold, outboundThreshold, setup, rules, "
+                "unicodeMap, requestBodyLimit, bodyLimitAction, cacheDir, auditLog, disableRules, "
+                "excludeTargets");
+      }
+    }
   }
 
   void rateLimit(const Json& j, const std::string& path) {

@@ -133,7 +133,8 @@ ratelimit::Rules buildRateLimitRules(const Config& config) {
   return out;
 }
 
-std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version) {
+std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version,
+                                              std::shared_ptr<const waf::Engine> waf) {
   auto snap = std::make_unique<Snapshot>();
   snap->version = version;
   snap->config = config;
@@ -165,6 +166,7 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
     std::transform(rr.host.begin(), rr.host.end(), rr.host.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     rr.pathPrefix = rc.pathPrefix;
+    rr.waf = rc.waf;
     rr.name = (rr.host.empty() ? std::string("*") : rr.host) + rr.pathPrefix;
     for (size_t i = 0; i < config.pools.size(); ++i) {
       if (config.pools[i].name == rc.pool) rr.pool = static_cast<uint32_t>(i);
@@ -172,6 +174,7 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
     snap->routes.push_back(std::move(rr));
   }
   snap->rateLimit = buildRateLimitRules(config);
+  snap->waf = std::move(waf);
   // Specific host before any-host; within each, longest prefix first; ties
   // keep document order.
   std::stable_sort(snap->routes.begin(), snap->routes.end(),

@@ -36,6 +36,7 @@
 #include <unordered_map>
 
 #include "access_log.h"
+#include "moat/waf/engine.h"
 #include "moat/dataplane/loop.h"
 #include "moat/l4/cidr.h"
 #include "moat/l4/maglev.h"
@@ -148,6 +149,7 @@ struct ClientConn {
   char ip[INET6_ADDRSTRLEN] = {};
   uint8_t ipBytes[16] = {};
   uint8_t ipLen = 0;
+  uint16_t peerPort = 0;
   l4::IpAddress peer;
   bool awaitProxyHeader = false;  // PROXY listener: header not seen yet
   enum class State : uint8_t { kReadingHead, kProxying, kClosing } state = State::kReadingHead;
@@ -182,6 +184,7 @@ struct ClientConn {
   std::string assembly;     // head spanning several receive buffers
   std::string logMethod, logTarget, logHost, logRoute, requestId;
   std::string logRateLimit;  // rule that refused (or would have, in dry run)
+  std::string logWaf;        // "blocked:<id>" / "detected:<id>"
   NamedCounters* routeCounters = nullptr;  // per-worker, keyed by route name; never freed
   uint64_t startMs = 0, upStartMs = 0, upEndMs = 0, reqBytesIn = 0, reqBytesOut = 0;
 };
@@ -400,6 +403,12 @@ struct Worker::Impl {
   ratelimit::TopKeys topOffenders;
   std::string_view xffValues[8];
   std::string logBuf;
+  // WAF: one transaction object per worker (buffers reused), the request
+  // body assembled for inspection, and pending audit lines.
+  waf::Transaction wafTx;
+  std::string wafAssembly;
+  std::string wafBody;
+  std::string auditBuf;
   char timeStr[32] = {};
   time_t timeStrSec = 0;
   uint64_t rng[2];
@@ -791,10 +800,26 @@ struct Worker::Impl {
     r.requestId = cc->requestId;
     r.error = error;
     r.rateLimit = cc->logRateLimit;
+    r.waf = cc->logWaf;
     appendAccessLine(logBuf, r);
   }
 
+  void flushAuditLog() {
+    size_t off = 0;
+    while (off < auditBuf.size()) {
+      ssize_t n = ::write(opts.wafAuditFd, auditBuf.data() + off, auditBuf.size() - off);
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        ++c.wafAuditDropped;
+        break;
+      }
+      off += static_cast<size_t>(n);
+    }
+    auditBuf.clear();
+  }
+
   void flushAccessLog() {
+    if (!auditBuf.empty() && opts.wafAuditFd >= 0) flushAuditLog();
     if (logBuf.empty() || opts.accessLogFd < 0) return;
     size_t off = 0;
     while (off < logBuf.size()) {
@@ -886,11 +911,13 @@ struct Worker::Impl {
         inet_ntop(AF_INET, &a->sin_addr, cc->ip, sizeof(cc->ip));
         memcpy(cc->ipBytes, &a->sin_addr, 4);
         cc->ipLen = 4;
+        cc->peerPort = ntohs(a->sin_port);
       } else if (ss.ss_family == AF_INET6) {
         auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
         inet_ntop(AF_INET6, &a->sin6_addr, cc->ip, sizeof(cc->ip));
         memcpy(cc->ipBytes, &a->sin6_addr, 16);
         cc->ipLen = 16;
+        cc->peerPort = ntohs(a->sin6_port);
       }
     }
     cc->peer = l4::IpAddress::fromBytes(cc->ipBytes, cc->ipLen);
@@ -1068,6 +1095,7 @@ struct Worker::Impl {
       std::memcpy(cc->ipBytes, ph.src, ph.srcLen);
       cc->ipLen = ph.srcLen;
       inet_ntop(ph.srcLen == 4 ? AF_INET : AF_INET6, ph.src, cc->ip, sizeof(cc->ip));
+      cc->peerPort = ph.srcPort;
       cc->peer = l4::IpAddress::fromBytes(cc->ipBytes, cc->ipLen);
       if (opts.rateLimitTable != nullptr &&
           ratelimit::isBanned(snap->rateLimit, *opts.rateLimitTable, cc->peer, loop->nowNs())) {
@@ -1097,6 +1125,19 @@ struct Worker::Impl {
         // Cannot happen within limits (the parser reports 431 first); guard
         // against a pathological split into tiny reads.
         sendError(cc, 431, "request header section too large", true);
+        return false;
+      }
+      resumeRecv(cc->ep);
+      return false;
+    }
+    if (st == ParseStatus::kComplete && !wafBodyReady(cc, h)) {
+      // The WAF inspects the body before anything goes upstream: wait for it
+      // (up to waf.requestBodyLimit bytes) under the header timeout.
+      if (cc->timer != TimerKind::kClientHeader) {
+        armTimer(cc, TimerKind::kClientHeader, snap->config.timeouts.requestHeaderMs);
+      }
+      if (cc->ep.eof) {
+        closeClient(cc);
         return false;
       }
       resumeRecv(cc->ep);
@@ -1161,8 +1202,12 @@ struct Worker::Impl {
     cc->routeCounters = routeCounterPtr[static_cast<size_t>(route - snap->routes.data())];
     cc->rlHeaders.clear();
     cc->logRateLimit.clear();
+    cc->logWaf.clear();
     if (opts.rateLimitTable != nullptr && snap->rateLimit.enabled &&
         !admitRateLimit(cc, h, path, *route)) {
+      return !cc->closed && cc->state == ClientConn::State::kReadingHead;
+    }
+    if (snap->waf != nullptr && route->waf && !admitWaf(cc, h)) {
       return !cc->closed && cc->state == ClientConn::State::kReadingHead;
     }
     BackendState* b = pickBackend(route->pool, cc);
@@ -1211,6 +1256,148 @@ struct Worker::Impl {
     if (!attachUpstream(cc, b, false)) return false;
     forwardRequestBody(cc);
     return false;  // the exchange continues on completions
+  }
+
+  // ---- WAF ----------------------------------------------------------------
+  // Bytes received and not yet consumed.
+  static size_t bufferedBytes(Endpoint& ep) {
+    size_t n = 0;
+    for (size_t i = 0; i < ep.rq.size(); ++i) n += ep.rq.at(i).len;
+    return n;
+  }
+
+  // Contiguous copy of the first `n` buffered bytes (or all there are).
+  std::string_view assembleBuffered(Endpoint& ep, size_t n) {
+    wafAssembly.clear();
+    for (size_t i = 0; i < ep.rq.size() && wafAssembly.size() < n; ++i) {
+      const RecvChunk& ch = ep.rq.at(i);
+      wafAssembly.append(loop->bufferData(ch.bid) + ch.off,
+                         std::min<size_t>(ch.len, n - wafAssembly.size()));
+    }
+    return wafAssembly;
+  }
+
+  // True when the request can be evaluated now: no WAF on its route, no
+  // body, or enough of the body buffered (all of it, or the inspection limit,
+  // or the receive queue is as full as it may get). Pure: parseRequest runs
+  // again from the start when more bytes arrive.
+  bool wafBodyReady(ClientConn* cc, const RequestHead& h) {
+    if (snap->waf == nullptr || h.body == BodyKind::kNone) return true;
+    if (h.body == BodyKind::kContentLength && h.contentLength == 0) return true;
+    const control::RouteRuntime* route = snap->matchRoute(h.host, routePath(h.target));
+    if (route == nullptr || !route->waf) return true;
+    if (cc->ep.rq.size() >= kMaxHeldBuffers * 4 - 1) return true;  // inspect what is here
+    const control::WafConfig& w = snap->config.waf;
+    const size_t have = bufferedBytes(cc->ep) - h.headBytes;
+    if (h.body == BodyKind::kContentLength) {
+      if (h.contentLength > w.requestBodyLimit && w.bodyLimitReject) return true;  // 413
+      return have >= std::min<uint64_t>(h.contentLength, w.requestBodyLimit);
+    }
+    // Chunked: ready once the body ends or its payload passes the limit.
+    const std::string_view all = assembleBuffered(cc->ep, h.headBytes + have);
+    ChunkedDecoder d;
+    size_t consumed = 0;
+    const auto r = d.feed(all.data() + h.headBytes, all.size() - h.headBytes, consumed);
+    return r != ChunkedDecoder::Result::kNeedMore || d.payloadBytes() > w.requestBodyLimit;
+  }
+
+  static std::string_view routePath(std::string_view target) {
+    if (!target.empty() && target.front() != '/') {
+      size_t scheme = target.find("://");
+      size_t slash = scheme == std::string_view::npos ? std::string_view::npos
+                                                       : target.find('/', scheme + 3);
+      return slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+    }
+    return target;
+  }
+
+  // Chunk payload of `framed` (chunked coding already checked or cut short),
+  // at most `limit` bytes into out; true when it was cut.
+  static bool dechunk(std::string_view framed, size_t limit, std::string& out) {
+    out.clear();
+    size_t p = 0;
+    while (p < framed.size()) {
+      size_t eol = framed.find("\r\n", p);
+      if (eol == std::string_view::npos) return true;
+      uint64_t size = 0;
+      size_t i = p;
+      for (; i < eol && std::isxdigit(static_cast<unsigned char>(framed[i])); ++i) {
+        const char ch = framed[i];
+        size = size * 16 + static_cast<uint64_t>(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+        if (size > (uint64_t{1} << 40)) return true;
+      }
+      if (size == 0) return false;
+      p = eol + 2;
+      const size_t take = static_cast<size_t>(std::min<uint64_t>(size, framed.size() - p));
+      if (out.size() + take > limit) {
+        out.append(framed.substr(p, limit - out.size()));
+        return true;
+      }
+      out.append(framed.substr(p, take));
+      if (take < size) return true;
+      p += take + 2;
+    }
+    return true;
+  }
+
+  // Runs the WAF over the request (head, and body as buffered). Returns false
+  // when the request was answered here (refused); the connection then closes,
+  // since the body was not read to its end.
+  bool admitWaf(ClientConn* cc, const RequestHead& h) {
+    const control::WafConfig& w = snap->config.waf;
+    waf::RequestView rv;
+    rv.method = h.method;
+    rv.target = h.target;
+    rv.protocol = h.versionMinor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    for (uint32_t i = 0; i < h.headerCount; ++i) {
+      rv.headers.emplace_back(h.headers[i].name, h.headers[i].value);
+    }
+    if (h.body == BodyKind::kContentLength && h.contentLength > 0) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(h.contentLength, w.requestBodyLimit));
+      const std::string_view all = assembleBuffered(cc->ep, h.headBytes + want);
+      rv.body = all.size() > h.headBytes ? all.substr(h.headBytes) : std::string_view();
+      rv.bodyTruncated = h.contentLength > rv.body.size();
+    } else if (h.body == BodyKind::kChunked) {
+      const std::string_view all = assembleBuffered(cc->ep, bufferedBytes(cc->ep));
+      rv.bodyTruncated = dechunk(all.substr(h.headBytes), w.requestBodyLimit, wafBody);
+      rv.body = wafBody;
+    }
+    rv.remoteAddr = cc->ip;
+    rv.remotePort = cc->peerPort;
+    rv.serverPort = cc->listener < snap->config.listeners.size()
+                        ? snap->config.listeners[cc->listener].port
+                        : 0;
+    rv.requestId = cc->requestId;
+    const waf::Verdict& v = wafTx.evaluate(*snap->waf, rv);
+    ++c.wafInspected;
+    c.wafRuleMatches += v.matched.size();
+    if (v.bodyError) ++c.wafBodyErrors;
+    if (v.bodyLimitExceeded) ++c.wafBodyLimit;
+    if (!v.matched.empty() && opts.wafAuditFd >= 0) {
+      if (auditBuf.size() > (1u << 20)) {
+        ++c.wafAuditDropped;
+      } else {
+        auditBuf += waf::auditJson(rv, v, snap->waf->mode());
+        auditBuf += '\n';
+      }
+    }
+    if (v.wouldIntervene) {
+      ++c.wafDetected;
+      cc->logWaf = "detected:" + std::to_string(v.ruleId);
+    }
+    if (!v.intervene) return true;
+    ++c.wafBlocked;
+    cc->logWaf = "blocked:" + std::to_string(v.ruleId);
+    consume(cc->ep, h.headBytes);
+    if (v.status == 0) {  // drop
+      account(cc, 0, "dropped by the web application firewall");
+      closeClient(cc);
+      return false;
+    }
+    sendError(cc, v.status, "request refused by the web application firewall (rule " +
+                                std::to_string(v.ruleId) + ", request id " + cc->requestId + ")",
+              true);
+    return false;
   }
 
   // Rate limiting, before any backend work. Returns false when the request

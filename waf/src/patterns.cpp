@@ -425,6 +425,33 @@ bool Regex::match(std::string_view value, PatternScratch& scratch, Captures* cap
   return true;
 }
 
+bool Regex::match(std::string_view value, std::vector<std::string>* captures) const {
+  auto* c = static_cast<const pcre2_code*>(code_);
+  if (!c) return false;
+  pcre2_match_data* md = pcre2_match_data_create_from_pattern(c, nullptr);
+  pcre2_match_context* mctx = pcre2_match_context_create(nullptr);
+  int rc = -1;
+  if (md && mctx) {
+    pcre2_set_match_limit(mctx, kPcreMatchLimit);
+    pcre2_set_depth_limit(mctx, kPcreDepthLimit);
+    const char* data = value.data() ? value.data() : kEmptySubject;
+    rc = pcre2_match(c, reinterpret_cast<PCRE2_SPTR>(data), value.size(), 0, 0, md, mctx);
+  }
+  if (rc >= 0 && captures) {
+    captures->clear();
+    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    const size_t n = std::min<size_t>(rc == 0 ? 1 : static_cast<size_t>(rc), Captures::kMax);
+    for (size_t i = 0; i < n; ++i) {
+      PCRE2_SIZE b = ov[2 * i], e = ov[2 * i + 1];
+      captures->emplace_back(e > value.size() || b > e ? std::string_view()
+                                                       : value.substr(b, e - b));
+    }
+  }
+  if (mctx) pcre2_match_context_free(mctx);
+  if (md) pcre2_match_data_free(md);
+  return rc >= 0;
+}
+
 // ---------------------------------------------------------------------------
 // PatternSet
 
@@ -666,6 +693,13 @@ std::shared_ptr<const PatternSet> PatternSet::build(const std::vector<PatternSpe
     if (std::filesystem::exists(cachePath, ec)) {
       if (loadCache(cachePath, impl->entries, &impl->db)) {
         st.cacheHit = true;
+        for (const Entry& e : impl->entries) {
+          const char* m = e.mode == Mode::kPrefilter    ? "prefilter"
+                          : e.mode == Mode::kPcreOnly   ? "pcre-only"
+                          : e.mode == Mode::kPhrasesSlow ? "phrases-slow"
+                                                          : nullptr;
+          if (m) st.notes.push_back("id " + std::to_string(e.id) + ": " + m + " (cached placement)");
+        }
       } else {
         st.cacheRejected = true;
       }
@@ -689,9 +723,10 @@ std::shared_ptr<const PatternSet> PatternSet::build(const std::vector<PatternSpe
       }
     }
     // Long regexes are the ones that hit Hyperscan's size limits ("Pattern is
-    // too large"), which hs_expression_info cannot see; compiling them alone
-    // first (~3 s for the CRS) is much cheaper than a failed full compile
-    // (~5 s each). Short ones are left to the retry loop below.
+    // too large"), which hs_expression_info cannot see. Compiling them alone
+    // first (~3 s of CPU for the CRS) costs about what the failed full
+    // compiles it avoids would, but names every such regex up front and keeps
+    // the retry loop below for the rare error only the full compile sees.
     for (Entry& e : impl->entries) {
       for (int tries = 0; tries < 3 && (e.mode == Mode::kExact || e.mode == Mode::kPrefilter) &&
                           e.pattern.size() >= kPrecheckBytes;

@@ -46,6 +46,7 @@ struct RouteConfig {
   std::string host;        // "" or "*" = any host; else exact, case-insensitive, port ignored
   std::string pathPrefix = "/";
   std::string pool;        // name of a pool
+  bool waf = true;         // run the WAF on this route (when waf.enabled)
 };
 
 struct TimeoutsConfig {
@@ -97,6 +98,33 @@ struct RateLimitConfig {
   std::vector<RateLimitRuleConfig> rules{RateLimitRuleConfig{}};  // default: 2000 / 5 min / IP
 };
 
+// The WAF: a ModSecurity rule set (normally Debian's OWASP CRS) compiled by
+// moatd's control thread. See docs/WAF.md.
+struct WafTargetExclusion {
+  uint32_t rule = 0;
+  std::string target;  // e.g. "ARGS:password", "REQUEST_COOKIES:/^_ga/"
+  bool operator==(const WafTargetExclusion&) const = default;
+};
+
+struct WafConfig {
+  bool enabled = false;
+  bool detectOnly = false;  // "mode": "block" (default) or "detect"
+  uint32_t paranoia = 1;    // CRS paranoia level 1-4
+  uint32_t inboundThreshold = 0;   // 0 = as the setup file says (CRS: 5)
+  uint32_t outboundThreshold = 0;  // 0 = as the setup file says (CRS: 4)
+  std::string setup = "/etc/modsecurity/crs/crs-setup.conf";  // "" = none
+  std::vector<std::string> rules{"/usr/share/modsecurity-crs/rules"};  // files or dirs
+  std::string unicodeMap;   // unicode.mapping for t:urlDecodeUni; "" = none
+  uint32_t requestBodyLimit = 131072;  // body bytes inspected (<= 262144)
+  bool bodyLimitReject = true;         // "bodyLimitAction": "reject" (413) or "inspect"
+  std::string cacheDir = "/var/cache/moat/waf";  // compiled databases; "" = no cache
+  std::string auditLog;                // JSON lines of matched requests; "" = off
+  std::vector<uint32_t> disableRules;  // rule ids removed (SecRuleRemoveById)
+  std::vector<WafTargetExclusion> excludeTargets;  // SecRuleUpdateTargetById id "!target"
+
+  bool operator==(const WafConfig&) const = default;
+};
+
 struct Config {
   uint32_t workers = 0;  // 0 = one per online CPU
   std::vector<ListenerConfig> listeners;
@@ -106,6 +134,7 @@ struct Config {
   LimitsConfig limits;
   LoggingConfig logging;
   RateLimitConfig rateLimit;
+  WafConfig waf;
 };
 
 struct ConfigError {

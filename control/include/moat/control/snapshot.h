@@ -22,6 +22,10 @@
 #include "moat/control/config.h"
 #include "moat/ratelimit/rules.h"
 
+namespace moat::waf {
+class Engine;  // moat/waf/engine.h; moat_control does not link the WAF
+}
+
 namespace moat::control {
 
 // Fills `out` from an IPv4 or IPv6 literal (as validated by parseConfig) and
@@ -49,6 +53,7 @@ struct RouteRuntime {
   std::string host;        // lowercase; empty = any host
   std::string pathPrefix;  // starts with '/'
   uint32_t pool = 0;       // index into Snapshot::pools
+  bool waf = true;         // inspect with Snapshot::waf (when set)
 };
 
 struct Snapshot {
@@ -57,6 +62,10 @@ struct Snapshot {
   std::vector<PoolRuntime> pools;
   std::vector<RouteRuntime> routes;  // exact hosts first, then longest prefix first
   ratelimit::Rules rateLimit;
+  // The compiled WAF rule set, null when waf.enabled is false. Compiled by
+  // the control thread; reused across reloads that leave the waf section
+  // unchanged. Immutable, read by every worker.
+  std::shared_ptr<const waf::Engine> waf;
 
   // Route for a request. `host` may carry a port and any case; no
   // allocation. Returns null when nothing matches.
@@ -68,7 +77,8 @@ ratelimit::Rules buildRateLimitRules(const Config& config);
 
 // Builds the runtime snapshot from a validated config. Throws
 // std::runtime_error only for conditions validation cannot see.
-std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version);
+std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version,
+                                              std::shared_ptr<const waf::Engine> waf = nullptr);
 
 class SnapshotPublisher {
  public:

@@ -61,7 +61,14 @@ namespace moat::l7 {
   X(rateLimitEscalations, "rate_limit_escalations") /* clients put in the penalty box */ \
   X(xffInvalid, "xff_invalid")  /* trusted hop wrote a non-address in X-Forwarded-For */ \
   X(proxyProtocolRefused, "proxy_protocol_refused") /* PROXY listener, untrusted peer */ \
-  X(proxyProtocolErrors, "proxy_protocol_errors")   /* malformed PROXY header: closed */
+  X(proxyProtocolErrors, "proxy_protocol_errors")   /* malformed PROXY header: closed */ \
+  X(wafInspected, "waf_inspected")           /* requests the WAF evaluated */          \
+  X(wafBlocked, "waf_blocked")               /* refused by a WAF rule (403 or as set) */ \
+  X(wafDetected, "waf_detected")             /* detect mode: would have been refused */ \
+  X(wafBodyErrors, "waf_body_errors")        /* body the processor could not parse */   \
+  X(wafBodyLimit, "waf_body_limit")          /* body over waf.requestBodyLimit */       \
+  X(wafRuleMatches, "waf_rule_matches")      /* rules that matched (any action) */      \
+  X(wafAuditDropped, "waf_audit_dropped")    /* audit lines dropped: sink too slow */
 
 struct ProxyCounters {
 #define MOAT_COUNTER_FIELD(field, name) uint64_t field = 0;
@@ -113,6 +120,7 @@ class Worker {
     int accessLogFd = -1;  // -1: off
     // Shared by every worker; outlives them. Null: rate limiting is off.
     ratelimit::Table* rateLimitTable = nullptr;
+    int wafAuditFd = -1;  // JSON lines of requests with WAF matches; -1: off
     const std::atomic<bool>* stop = nullptr;
   };
 

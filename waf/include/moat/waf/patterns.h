@@ -9,10 +9,11 @@
 //        limit hit is "no match", as a negative pcre result is in ModSecurity
 //        (whose effective match limit is PCRE's default, 10^7, vs our 10^5).
 //   @pm  ASCII-caseless phrase match with ModSecurity's own Aho-Corasick
-//        matcher (acmp.cc), quirks included: (a) its fail links follow the
-//        parent's fail link only once, so a phrase that is a suffix reachable
-//        only through two fail hops is missed (e.g. phrases {"abxz","bq","xy"}
-//        on "abxy" do not match); (b) a phrase byte >= 0x80 is stored as a
+//        matcher (acmp.cc), quirks included: (a) a node's fail link is only
+//        looked up in its parent's fail node, not further down the fail chain,
+//        so some occurrences are missed (phrases {"abxz","bq","xy"} do not
+//        match "abxy"; in CRS 3.3.4 sql-errors.data's "Error" does not match
+//        "You have an error in your SQL syntax"); (b) a phrase byte >= 0x80 is stored as a
 //        negative letter and can never match; (c) empty phrases are ignored;
 //        (d) TX:0 is the *rule's* spelling of the matcher state at the first
 //        position where a phrase ends -- the longest phrase prefix found, as
@@ -52,7 +53,7 @@ struct PatternSpec {
   uint32_t id = 0;
   enum class Kind : uint8_t { kRegex, kPhrases } kind = Kind::kRegex;
   // kRegex: PCRE syntax as written in the rule (after the rule file's own
-  // unquoting). Empty means ".*", as in ModSecurity.
+  // unquoting). Empty matches every value and captures nothing.
   std::string regex;
   // kPhrases: the phrases, already decoded (@pm's |hex| escapes, one phrase
   // per @pmFromFile line). Order matters for TX:0's spelling (quirk d).
@@ -79,7 +80,8 @@ struct BuildStats {
   unsigned hsCompileAttempts = 0;  // full compiles (1 + demotions forced by
                                    // errors the per-pattern check misses)
   // One line per regex Hyperscan refused or only prefilters, with its
-  // reason ("id 7: prefilter: Possessive quantifiers are not supported.").
+  // reason ("id 7: prefilter: Possessive quantifiers are not supported.");
+  // on a cache hit the reason is "(cached placement)".
   std::vector<std::string> notes;
 };
 
@@ -103,8 +105,9 @@ class Regex;
 // match data, and the hit bookkeeping of one scan. Create it on the control
 // plane (allocates); prepare() it for every new PatternSet before the first
 // scan (also allocates; if you forget, the first scan()/matchOne() does it and
-// bumps `prepares`). Not thread-safe: one thread uses it at a time. Must
-// outlive no set; a set must not be destroyed while a scan with it is running.
+// bumps `prepares`). Not thread-safe: one thread uses it at a time. It holds
+// no reference to any set; a set must outlive every scan running with it (the
+// config snapshot's quiescent-point release gives that).
 class PatternScratch {
  public:
   PatternScratch();
@@ -157,6 +160,10 @@ class Regex {
   // True when `value` matches; `captures` (optional) gets the first match's
   // groups 0..9, views into `value`.
   bool match(std::string_view value, PatternScratch& scratch, Captures* captures) const;
+  // Convenience without a scratch: allocates match data and a match context
+  // per call (same limits; a limit hit is "no match" but is not counted), and
+  // copies set groups into `captures` (unset ones become ""). Any thread.
+  bool match(std::string_view value, std::vector<std::string>* captures) const;
 
  private:
   Regex() = default;
@@ -175,8 +182,11 @@ class PatternSet {
   // cacheDir/<sha256 of format version, hs_version(), host platform, every
   // spec>.hsdb (temp file + rename; created directories as needed); a corrupt
   // or mismatched file is ignored, rewritten and reported in stats; a write
-  // failure is not an error (stats->cacheWritten stays false).
-  // Control plane only: allocates, blocks (disk, seconds of CPU for the CRS).
+  // failure is not an error (stats->cacheWritten stays false). The cache dir
+  // is trusted local storage: a file that passes the checks (magic, layout,
+  // SHA-256 of the database, hs_deserialize_database) is used as is.
+  // Control plane only: allocates, blocks (disk; CRS 3.3.4 on one core: 20-30 s
+  // cold, ~60 ms from the cache -- PCRE2 JIT and tries are always rebuilt).
   // `error` and `stats` may be nullptr.
   static std::shared_ptr<const PatternSet> build(const std::vector<PatternSpec>& specs,
                                                  const std::string& cacheDir,
@@ -204,6 +214,10 @@ class PatternSet {
   // strings (unset groups become ""; at most 10 entries). Allocates.
   bool matchOne(uint32_t id, std::string_view value, PatternScratch& scratch,
                 std::vector<std::string>* captures) const;
+  // Match only, no captures.
+  bool matchOne(uint32_t id, std::string_view value, PatternScratch& scratch) const {
+    return matchOne(id, value, scratch, static_cast<Captures*>(nullptr));
+  }
 
   size_t size() const;  // number of specs
   // How spec `id` is run; for tests and diagnostics.
