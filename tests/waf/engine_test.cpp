@@ -248,6 +248,7 @@ TEST(WafEngine, BadRulesAreReportedWithFileAndLine) {
   EXPECT_FALSE(e);
   ASSERT_FALSE(errors.empty());
   EXPECT_NE(errors[0].find("missing closing parenthesis"), std::string::npos) << errors[0];
+  EXPECT_NE(errors[0].find(":1: rule 1: "), std::string::npos) << errors[0];
   errors.clear();
   e = compileText("SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,t:noSuchThing\"\n", std::nullopt,
                   &errors);

@@ -438,6 +438,14 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
           if (op.expandable.hasMacros()) {
             lc.opClass = OpClass::kRxMacro;
           } else {
+            // Checked alone first so that an error names the rule's file
+            // and line (the group build would only name the pattern id).
+            std::string err;
+            if (!Pcre::compile(op.argument, false, &err)) {
+              fail(where + err);
+              ok = false;
+              break;
+            }
             lc.opClass = OpClass::kPattern;
             PatternSpec ps;
             ps.id = linkIndex;
