@@ -22,7 +22,9 @@ PKGS=(
   # rule set the WAF loads from its own files
   modsecurity-crs
   # tests and side-by-side benchmarks
-  python3 curl haproxy nginx-light wrk iproute2 procps
+  python3 python3-yaml curl haproxy nginx-light wrk iproute2 procps
+  # ModSecurity v3 for the WAF comparison harness (bench/waf/modsec_eval.cpp)
+  libmodsecurity-dev
 )
 
 SUDO=""
