@@ -117,7 +117,12 @@ class Pcre {
   // Search anywhere in `s`. captures (optional) gets groups 0..9.
   bool search(std::string_view s, std::vector<std::string>* captures = nullptr) const {
     // One match data block per thread, reused: enough for groups 0..15.
-    thread_local pcre2_match_data* md = pcre2_match_data_create(16, nullptr);
+    struct MatchData {
+      pcre2_match_data* md = pcre2_match_data_create(16, nullptr);
+      ~MatchData() { pcre2_match_data_free(md); }
+    };
+    thread_local MatchData tl;
+    pcre2_match_data* md = tl.md;
     const char* p = s.data() != nullptr ? s.data() : "";
     const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(p), s.size(), 0, 0, md, mctx_);
     const bool ok = rc >= 0;
