@@ -31,9 +31,11 @@ def free_port():
     return port
 
 
-def wait_port(port, timeout=10.0):
+def wait_port(port, timeout=10.0, proc=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
@@ -49,7 +51,12 @@ class Backend:
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "backend.py"), "--port", str(self.port), "--name", name],
             stdout=subprocess.DEVNULL)
-        wait_port(self.port)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except RuntimeError:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def stop(self):
         self.proc.terminate()
@@ -57,7 +64,11 @@ class Backend:
 
 
 class Moatd:
-    def __init__(self, config, workers=2):
+    # start_timeout bounds how long moatd may take to listen. It is generous:
+    # a WAF config that misses the Hyperscan cache compiles the CRS first
+    # (seconds in release, a minute or more under sanitizers on a busy host).
+    # If moatd never listens it is killed, so no orphan outlives the test.
+    def __init__(self, config, workers=2, start_timeout=300.0):
         self.dir = tempfile.mkdtemp(prefix="moat-it-")
         self.port = config["listeners"][0]["port"]
         self.config_path = os.path.join(self.dir, "moat.json")
@@ -66,7 +77,12 @@ class Moatd:
         self.write(config)
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
         self.proc = subprocess.Popen([MOATD, "--config", self.config_path], stderr=self.stderr)
-        wait_port(self.port)
+        try:
+            wait_port(self.port, timeout=start_timeout, proc=self.proc)
+        except RuntimeError as e:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"{e}; moatd said:\n{self.log()[-4000:]}") from None
 
     def write(self, config):
         config.setdefault("logging", {})["accessLog"] = self.access_log
