@@ -342,9 +342,13 @@ Result run_one(modsecurity::ModSecurity &ms, modsecurity::RulesSet &rules, const
     res.cpu_us = thread_cpu_us() - c0;
     check_intervention(*t, res);
 
-    bool found = false;
-    res.score = tx_number(*t, "inbound_anomaly_score", &found);
-    if (!found) res.score = tx_number(*t, "anomaly_score", &found);
+    // As moat-waf reports it: the request's total, tx.anomaly_score (CRS
+    // copies it to tx.inbound_anomaly_score only when 949110 fires).
+    bool found = false, found2 = false;
+    res.score = tx_number(*t, "anomaly_score", &found);
+    const long inbound = tx_number(*t, "inbound_anomaly_score", &found2);
+    if (found2 && inbound > res.score) res.score = inbound;
+    found = found || found2;
     if (!found) {
         for (const auto &m : col.matches)
             if (m.id < 949000) res.score += severity_points(m.severity);

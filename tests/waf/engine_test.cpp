@@ -171,6 +171,45 @@ SecRule ARGS "@rx %27" "id:2,phase:2,pass,log,t:urlDecode"
   EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{1}));
 }
 
+TEST(WafEngine, SetvarRunsOncePerMatchedValueCtlOncePerFullMatch) {
+  // As ModSecurity v3: setvar per matched value with that value's MATCHED_VAR
+  // and captures (two args -> scored twice, one TX key per header name);
+  // multiMatch counts each matching stage; ctl on a chain starter runs only
+  // when the whole chain matched.
+  auto e = compileText(R"(
+SecRule ARGS "@rx attack" "id:10,phase:2,pass,nolog,setvar:tx.score=+5"
+SecRule REQUEST_HEADERS_NAMES "@rx ^x-(.*)$" "id:11,phase:1,pass,nolog,capture,t:lowercase,setvar:'tx.h_%{tx.1}=/%{tx.1}/',setvar:tx.hcount=+1"
+SecRule ARGS:m "@rx a" "id:12,phase:2,pass,nolog,t:lowercase,multiMatch,setvar:tx.stages=+1"
+SecRule ARGS:c "@rx ." "id:13,phase:2,pass,nolog,chain,setvar:tx.starter=+1,ctl:ruleRemoveById=20"
+  SecRule ARGS:c "@streq never" "t:none"
+SecRule ARGS:c "@rx ." "id:20,phase:2,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/?a=attack1&b=attack2&z=ok&m=A&c=v";
+  r.headers.emplace_back("X-One", "1");
+  r.headers.emplace_back("X-Two", "2");
+  const Verdict& v = t.evaluate(*e, r.view());
+  EXPECT_EQ(t.tx("score"), "10");
+  EXPECT_EQ(t.tx("hcount"), "2");
+  EXPECT_EQ(t.tx("h_one"), "/one/");
+  EXPECT_EQ(t.tx("h_two"), "/two/");
+  // "A" fails, its lowercase stage "a" matches: one stage.
+  EXPECT_EQ(t.tx("stages"), "1");
+  // The starter matched (its setvar ran) but the chain did not: no ctl, so
+  // rule 20 still runs.
+  EXPECT_EQ(t.tx("starter"), "1");
+  EXPECT_EQ(ids(v), (std::vector<uint32_t>{20}));
+
+  r.target = "/?m=aa";  // raw "aa" matches and lowercase changes nothing
+  t.evaluate(*e, r.view());
+  EXPECT_EQ(t.tx("stages"), "1");
+  r.target = "/?m=Aa";  // raw matches, and so does the lowercased stage
+  t.evaluate(*e, r.view());
+  EXPECT_EQ(t.tx("stages"), "2");
+}
+
 TEST(WafEngine, BodyProcessors) {
   auto e = compileText(R"(
 SecRule ARGS:json.user.name "@streq bob" "id:1,phase:2,pass,log"

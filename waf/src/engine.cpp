@@ -171,6 +171,7 @@ struct LinkC {
   std::optional<CompiledOperator> scalar;
   std::vector<TargetC> targets;     // non-excluded targets
   std::vector<TargetC> exclusions;  // `!` targets
+  bool hasOtherEffects = false;     // setenv or ctl (run after a full match)
 };
 
 struct RuleC {
@@ -392,6 +393,9 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
     for (const RuleLink& link : rule.links) {
       LinkC lc;
       lc.link = &link;
+      for (const SideEffect& fx : link.effects) {
+        if (!std::holds_alternative<SetVar>(fx)) lc.hasOtherEffects = true;
+      }
       lc.ruleIndex = ri;
       const uint32_t linkIndex = static_cast<uint32_t>(impl->links.size());
       const std::string where = link.file + ":" + std::to_string(link.line) + ": rule " +
@@ -573,7 +577,17 @@ struct TxState {
   // Scan cache index: scanSlot[vid * chains + chainId] = 1 + index into
   // scans, 0 = not yet. Value ids are dense and per transaction.
   std::vector<uint32_t> scanSlot;
-  std::vector<std::pair<std::string, std::string>> newMatches;
+  // Values the current link matched, in order, with the captures each
+  // produced; setvar replays once per entry (ModSecurity v3 semantics).
+  // Entries and their strings are reused across links (capacity kept).
+  struct PendingMatch {
+    std::string name, value;
+    uint32_t capFirst = 0, capCount = 0;
+  };
+  std::vector<PendingMatch> newMatches;
+  size_t newMatchCount = 0;
+  std::vector<std::string> pendingCaps;
+  size_t pendingCapCount = 0;
   std::vector<ScanEntry> scans;
   size_t scansUsed = 0;
   TransformScratch tscratch;
@@ -1004,29 +1018,41 @@ class Evaluator {
     const RuleLink& link = *lc.link;
     const Rule& rule = *rc.rule;
     bool any = false;
-    auto& newMatches = s_.newMatches;
-    newMatches.clear();
+    s_.newMatchCount = 0;
+    s_.pendingCapCount = 0;
+    auto record = [&](std::string_view name, std::string_view v) {
+      if (s_.newMatchCount == s_.newMatches.size()) s_.newMatches.emplace_back();
+      auto& pm = s_.newMatches[s_.newMatchCount++];
+      pm.name.assign(name);
+      pm.value.assign(v);
+      pm.capFirst = static_cast<uint32_t>(s_.pendingCapCount);
+      pm.capCount = 0;
+      if (link.capture) {
+        for (size_t i = 0; i < s_.captures.size() && i < 10; ++i) {
+          if (s_.pendingCapCount == s_.pendingCaps.size()) s_.pendingCaps.emplace_back();
+          s_.pendingCaps[s_.pendingCapCount++].assign(s_.captures[i]);
+          ++pm.capCount;
+        }
+      }
+    };
     auto onValue = [&](const VarRef& name, std::string_view value, uint32_t vid) {
       bool m = false;
       std::string_view transformed;
       if (link.multiMatch) {
         // The operator sees the value before any transformation and after
-        // every transformation that changed it (ModSecurity's multiMatch).
-        m = runOperator(lc, rule, value, nullptr, link.capture);
-        std::string current(value);
-        if (!m) {
-          applyTransforms(lc.chain, value, e_.map(), s_.tscratch,
-                          [&](Transform, std::string_view v) {
-                            if (!m && runOperator(lc, rule, v, nullptr, link.capture)) {
-                              m = true;
-                              current.assign(v);
-                            }
-                          });
-        }
-        if (m) {
+        // every transformation that changed it (ModSecurity's multiMatch);
+        // each of those that matches is one match (one setvar round).
+        if (runOperator(lc, rule, value, nullptr, link.capture)) {
           any = true;
-          newMatches.emplace_back(name.str(), current);
+          record(name.str(), value);
         }
+        applyTransforms(lc.chain, value, e_.map(), s_.tscratch,
+                        [&](Transform, std::string_view v) {
+                          if (runOperator(lc, rule, v, nullptr, link.capture)) {
+                            any = true;
+                            record(name.str(), v);
+                          }
+                        });
         return;
       }
       ScanEntry* entry = nullptr;
@@ -1043,7 +1069,7 @@ class Evaluator {
       m = runOperator(lc, rule, transformed, entry, link.capture);
       if (m) {
         any = true;
-        newMatches.emplace_back(name.str(), std::string(transformed));
+        record(name.str(), transformed);
       }
     };
     if (lc.targets.empty()) {
@@ -1062,23 +1088,32 @@ class Evaluator {
       // views into TX, and nothing below writes TX, so views are stable.
       forEachValue(t, &lc.exclusions, &rc, onValue);
     }
-    if (any) {
-      for (auto& [n, v] : newMatches) {
-        s_.matchedVarName = n;
-        s_.matchedVar = v;
-        s_.matchedVars.emplace_back(std::move(n), std::move(v));
-      }
-      if (link.capture) {
-        for (size_t i = 0; i < s_.captures.size() && i < 10; ++i) {
-          collSet(s_.tx, std::to_string(i), s_.captures[i]);
-        }
-      }
+    if (!any) return false;
+    // ModSecurity v3 runs a link's setvars once per matched value, right
+    // after that value matched, with MATCHED_VAR and TX:0-9 set from it (so
+    // a rule matching two arguments scores twice, and 920450 records every
+    // restricted header). They run here, after the whole target walk,
+    // because the walk hands out views into TX that a setvar could move.
+    if (s_.newMatchCount == 0) {
+      runSetvars(link, rule);  // SecAction: once
+      return true;
     }
-    return any;
+    for (size_t k = 0; k < s_.newMatchCount; ++k) {
+      const auto& pm = s_.newMatches[k];
+      s_.matchedVarName = pm.name;
+      s_.matchedVar = pm.value;
+      s_.matchedVars.emplace_back(pm.name, pm.value);
+      for (uint32_t i = 0; i < pm.capCount; ++i) {
+        collSet(s_.tx, std::to_string(i), s_.pendingCaps[pm.capFirst + i]);
+      }
+      runSetvars(link, rule);
+    }
+    return true;
   }
 
   // ---- actions ----
-  void runEffects(const RuleLink& link, const Rule& rule) {
+  // setvar actions of one link (per matched value, from evalLink).
+  void runSetvars(const RuleLink& link, const Rule& rule) {
     for (const SideEffect& fx : link.effects) {
       if (const auto* sv = std::get_if<SetVar>(&fx)) {
         Coll* c = mutableCollection(s_, sv->collection);
@@ -1101,7 +1136,16 @@ class Evaluator {
                      c->end());
             break;
         }
-      } else if (const auto* se = std::get_if<SetEnv>(&fx)) {
+      }
+    }
+  }
+
+  // The other actions of one link (setenv, ctl): once, after the whole
+  // chain matched, as ModSecurity v3 runs them.
+  void runEffects(const RuleLink& link, const Rule& rule) {
+    for (const SideEffect& fx : link.effects) {
+      if (std::holds_alternative<SetVar>(fx)) continue;
+      if (const auto* se = std::get_if<SetEnv>(&fx)) {
         std::string_view n = s_.keep(expand(se->name, &rule));
         std::string_view v = s_.keep(expand(se->value, &rule));
         s_.env.push_back(Member{n, v, kNoValueId});
@@ -1187,9 +1231,12 @@ class Evaluator {
           matched = false;
           break;
         }
-        runEffects(*lc.link, rule);
       }
       if (!matched) continue;
+      for (uint32_t li = rc.linkCount; li-- > 0;) {
+        const LinkC& lc = e_.links[rc.firstLink + li];
+        if (lc.hasOtherEffects) runEffects(*lc.link, rule);
+      }
       ++s_.counters.ruleMatches;
       if (rule.severity) {
         s_.highestSeverity = std::min(s_.highestSeverity, static_cast<int>(*rule.severity));
@@ -1410,8 +1457,11 @@ void processBody(TxState& s, const EngineImpl& e, const RequestView& r) {
   s.body.reset();
   // REQUEST_BODY holds the raw body for URL-encoded bodies, or for any body
   // when ctl:forceRequestBodyVariable=On (CRS 901340 sets it when no
-  // processor applies), as in ModSecurity. XML, JSON and multipart bodies are
-  // seen through their parsed variables only.
+  // processor applies), as ModSecurity documents it and as the CRS
+  // regression tests expect (944xxx must not fire on multipart bodies).
+  // libmodsecurity 3.0.9 sets it for every processor, unlike its docs; the
+  // CRS byte-range rules 920272/920273 then fire on JSON and multipart bodies
+  // there and not here (docs/WAF.md).
   if (!body.empty() && s.bodyAccess && (proc == "URLENCODED" || s.forceBodyVariable)) {
     setScalar(s, VariableName::kRequestBody, body);
   }
