@@ -218,7 +218,9 @@ int main(int argc, char** argv) {
     view.requestId = f;
     times.clear();
     const moat::waf::Verdict* verdict = nullptr;
+    moat::waf::EngineCounters before{};
     for (int i = 0; i < repeat; ++i) {
+      before = tx.counters();
       const auto t0 = std::chrono::steady_clock::now();
       verdict = &tx.evaluate(*engine, view);
       const auto t1 = std::chrono::steady_clock::now();
@@ -245,6 +247,14 @@ int main(int argc, char** argv) {
     char tail[200];
     std::snprintf(tail, sizeof(tail), "],\"score\":%d,\"verdict\":\"%s\",\"status\":%u,\"us\":%.1f,\"us_p99\":%.1f",
                   verdict->anomalyScore, v, verdict->status, median, p99);
+    line += tail;
+    // Work done by the last evaluation: Hyperscan scans of (value, chain),
+    // pattern checks answered by them, and checks run one by one.
+    const auto& after = tx.counters();
+    std::snprintf(tail, sizeof(tail), ",\"scans\":%llu,\"scan_hits\":%llu,\"direct\":%llu",
+                  static_cast<unsigned long long>(after.valuesScanned - before.valuesScanned),
+                  static_cast<unsigned long long>(after.scanCacheHits - before.scanCacheHits),
+                  static_cast<unsigned long long>(after.directMatches - before.directMatches));
     line += tail;
     if (showMatches) {
       const std::string audit = moat::waf::auditJson(view, *verdict, engine->mode());

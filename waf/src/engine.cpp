@@ -161,11 +161,45 @@ struct TargetC {
   std::shared_ptr<Pcre> selectorRegex;  // for SelectorKind::kRegex
 };
 
+// Patterns are grouped into Hyperscan databases by everything that decides
+// which values they can ever be asked about: transformation chain, phase,
+// the link's target list, and the rule's CRS paranoia level (1 or higher,
+// from its paranoia-level/N tag). A value is scanned with a group only when
+// a rule of that group asks about it, so a header value is never run
+// through the argument-only SQL-injection regexes, phase 3/4 rules (not
+// run) never cost a scan, and at paranoia level 1 the patterns of skipped
+// level 2-4 rules are never scanned. Grouping never changes a result.
+bool paranoiaAboveOne(const Rule& rule) {
+  constexpr std::string_view kTag = "paranoia-level/";
+  for (const auto& t : rule.tags) {
+    const std::string_view v = t.text;
+    if (v.size() == kTag.size() + 1 && v.substr(0, kTag.size()) == kTag) return v.back() > '1';
+  }
+  return false;
+}
+
+std::string groupKey(const std::string& chainKey, const Rule& rule, const RuleLink& link) {
+  std::vector<std::string> vars;
+  for (const Variable& v : link.variables) {
+    if (v.exclude) continue;
+    vars.push_back(std::to_string(static_cast<int>(v.name)) + ":" +
+                   std::to_string(static_cast<int>(v.selectorKind)) + ":" +
+                   (v.count ? "&" : "") + v.selector);
+  }
+  std::sort(vars.begin(), vars.end());
+  vars.erase(std::unique(vars.begin(), vars.end()), vars.end());
+  std::string key = chainKey + "#" + std::to_string(static_cast<int>(rule.phase)) +
+                    (paranoiaAboveOne(rule) ? "#pl2+" : "#pl1");
+  for (const auto& v : vars) key += "#" + v;
+  return key;
+}
+
 struct LinkC {
   const RuleLink* link = nullptr;
   uint32_t ruleIndex = 0;
   std::vector<Transform> chain;
   uint32_t chainId = 0;
+  uint32_t groupId = 0;  // the PatternSet holding this link's pattern (see groupKey)
   OpClass opClass = OpClass::kScalar;
   uint32_t patternId = 0;  // global link index, the id in its group's PatternSet
   std::optional<CompiledOperator> scalar;
@@ -366,8 +400,8 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
   }
 
   // Compile every rule link.
-  std::unordered_map<std::string, uint32_t> chainIds;
-  std::vector<std::vector<PatternSpec>> specs;
+  std::unordered_map<std::string, uint32_t> chainIds, groupIds;
+  std::vector<std::vector<PatternSpec>> specs;  // groupId -> patterns
   bool ok = true;
   impl->rules.resize(set.rules.size());
   for (uint32_t ri = 0; ri < set.rules.size(); ++ri) {
@@ -419,11 +453,12 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
         key += std::to_string(static_cast<int>(*t)) + ",";
       }
       auto [it, inserted] = chainIds.try_emplace(key, static_cast<uint32_t>(impl->chains.size()));
-      if (inserted) {
-        impl->chains.push_back(lc.chain);
-        specs.emplace_back();
-      }
+      if (inserted) impl->chains.push_back(lc.chain);
       lc.chainId = it->second;
+      auto [git, gnew] = groupIds.try_emplace(groupKey(key, rule, link),
+                                              static_cast<uint32_t>(specs.size()));
+      if (gnew) specs.emplace_back();
+      lc.groupId = git->second;
       lc.patternId = linkIndex;
       // Targets.
       for (const Variable& v : link.variables) {
@@ -460,7 +495,7 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
             ps.id = linkIndex;
             ps.kind = PatternSpec::Kind::kRegex;
             ps.regex = op.argument;
-            specs[lc.chainId].push_back(std::move(ps));
+            specs[lc.groupId].push_back(std::move(ps));
             ++impl->stats.patternLinks;
           }
           break;
@@ -471,7 +506,7 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
           ps.id = linkIndex;
           ps.kind = PatternSpec::Kind::kPhrases;
           ps.phrases = op.phrases;
-          specs[lc.chainId].push_back(std::move(ps));
+          specs[lc.groupId].push_back(std::move(ps));
           ++impl->stats.patternLinks;
           break;
         }
@@ -502,7 +537,7 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
   impl->stats.rules = set.rules.size();
   impl->stats.links = impl->links.size();
 
-  // One PatternSet per transformation chain.
+  // One PatternSet per group (groupKey).
   impl->groups.resize(specs.size());
   bool allCached = true;
   for (size_t c = 0; c < specs.size(); ++c) {
@@ -545,8 +580,15 @@ struct Member {
 struct ScanEntry {
   std::string transformed;
   bool identity = false;  // the chain changed nothing: transformed is empty, use the value
-  bool scanned = false;
-  std::vector<uint32_t> hits;  // sorted pattern ids
+  // Scans of this transformed value, one per group asked so far (a chain
+  // feeds a few groups; the list is short and searched linearly). Entries
+  // and their vectors are reused across transactions.
+  struct GroupHits {
+    uint32_t group = 0;
+    std::vector<uint32_t> hits;  // sorted pattern ids
+  };
+  std::vector<GroupHits> groups;
+  uint32_t groupsUsed = 0;
 };
 
 }  // namespace
@@ -925,8 +967,7 @@ class Evaluator {
     s_.scanSlot[slot] = static_cast<uint32_t>(s_.scansUsed + 1);
     if (s_.scansUsed == s_.scans.size()) s_.scans.emplace_back();
     ScanEntry& e = s_.scans[s_.scansUsed++];
-    e.scanned = false;
-    e.hits.clear();
+    e.groupsUsed = 0;
     std::string_view out =
         applyTransforms(e_.chains[chainId], value, e_.map(), s_.tscratch);
     e.identity = out.data() == value.data() && out.size() == value.size();
@@ -940,18 +981,28 @@ class Evaluator {
 
   bool patternMatch(const LinkC& lc, std::string_view transformed, ScanEntry* entry,
                     std::vector<std::string>* captures) {
-    const PatternSet& ps = *e_.groups[lc.chainId];
+    const PatternSet& ps = *e_.groups[lc.groupId];
     if (entry != nullptr && captures == nullptr) {
-      if (!entry->scanned) {
-        ps.scan(transformed, s_.pscratch[lc.chainId], entry->hits);
-        std::sort(entry->hits.begin(), entry->hits.end());
-        entry->scanned = true;
+      ScanEntry::GroupHits* gh = nullptr;
+      for (uint32_t i = 0; i < entry->groupsUsed; ++i) {
+        if (entry->groups[i].group == lc.groupId) {
+          gh = &entry->groups[i];
+          break;
+        }
+      }
+      if (gh == nullptr) {
+        if (entry->groupsUsed == entry->groups.size()) entry->groups.emplace_back();
+        gh = &entry->groups[entry->groupsUsed++];
+        gh->group = lc.groupId;
+        gh->hits.clear();
+        ps.scan(transformed, s_.pscratch[lc.groupId], gh->hits);
+        std::sort(gh->hits.begin(), gh->hits.end());
         ++s_.counters.valuesScanned;
       }
-      return std::binary_search(entry->hits.begin(), entry->hits.end(), lc.patternId);
+      return std::binary_search(gh->hits.begin(), gh->hits.end(), lc.patternId);
     }
     ++s_.counters.directMatches;
-    return ps.matchOne(lc.patternId, transformed, s_.pscratch[lc.chainId], captures);
+    return ps.matchOne(lc.patternId, transformed, s_.pscratch[lc.groupId], captures);
   }
 
   // Runs the link's operator on one already-transformed value.

@@ -85,7 +85,7 @@ struct CompileStats {
   size_t rules = 0;           // rules (chains count once)
   size_t links = 0;           // rule links (chained rules count each)
   size_t patternLinks = 0;    // links whose operator is @rx / @pm / @pmFromFile
-  size_t patternGroups = 0;   // Hyperscan databases (one per transformation chain)
+  size_t patternGroups = 0;   // Hyperscan databases (per chain, phase, targets, paranoia band)
   size_t hsExact = 0, hsPrefilter = 0, pcreOnly = 0, phraseLists = 0;
   bool cacheHit = false;      // every database came from the cache
   double loadMs = 0, compileMs = 0;
