@@ -1054,5 +1054,40 @@ TEST(TransformBuffers, OldOutputContentsAreReplaced) {
   EXPECT_EQ(out, "abc");
 }
 
+TEST(TransformChain, NoOpPrecheckNeverHidesAChange) {
+  // transformMayChange lets applyTransforms skip a step; it must never say
+  // "no change" for an input the step would change. Checked for every
+  // transformation over fixed cases and pseudo-random strings built from the
+  // bytes the decoders react to.
+  const std::string alphabet = std::string("aZ09 \t\n\r\v\f%+&#;x\\u/.*-'\"<>!", 30) +
+                               std::string(1, '\0') + "\xa0\xc2\xc3\xff\x80";
+  std::vector<std::string> inputs = {"", "plain", "Upper", "a%41", "a+b", "&amp;", "\\x41",
+                                     "a  b", "a\tb", " ", "  ", std::string("a\0b", 3),
+                                     "caf\xc3\xa9", "\xa0", "/a/./b//c/../d", "x/*y*/z"};
+  uint32_t seed = 12345;
+  for (int i = 0; i < 4000; ++i) {
+    std::string s;
+    seed = seed * 1103515245u + 12345u;
+    const size_t len = (seed >> 16) % 12;
+    for (size_t k = 0; k < len; ++k) {
+      seed = seed * 1103515245u + 12345u;
+      s += alphabet[(seed >> 16) % alphabet.size()];
+    }
+    inputs.push_back(std::move(s));
+  }
+  size_t skipped = 0;
+  for (int ti = 0; ti <= static_cast<int>(Transform::kParityZero7bit); ++ti) {
+    const auto t = static_cast<Transform>(ti);
+    for (const auto& in : inputs) {
+      if (transformMayChange(t, in)) continue;
+      ++skipped;
+      const Result r = run(t, in);
+      EXPECT_FALSE(r.changed) << "transform " << ti << " on " << hex(in);
+      EXPECT_EQ(r.out, in) << "transform " << ti << " on " << hex(in);
+    }
+  }
+  EXPECT_GT(skipped, 1000u);  // the precheck does skip work
+}
+
 }  // namespace
 }  // namespace moat::waf

@@ -1217,6 +1217,47 @@ std::optional<UnicodeMap> UnicodeMap::load(const std::string& path, int codePage
   return map;
 }
 
+bool transformMayChange(Transform t, std::string_view in) {
+  const auto any = [&](auto pred) {
+    for (char ch : in) {
+      if (pred(static_cast<u8>(ch))) return true;
+    }
+    return false;
+  };
+  switch (t) {
+    case Transform::kNone:
+      return false;
+    case Transform::kLowercase:
+      return any([](u8 c) { return c >= 'A' && c <= 'Z'; });
+    case Transform::kUrlDecode:
+    case Transform::kUrlDecodeUni:
+      return any([](u8 c) { return c == '%' || c == '+'; });
+    case Transform::kHtmlEntityDecode:
+      return in.find('&') != std::string_view::npos;
+    case Transform::kJsDecode:
+    case Transform::kCssDecode:
+      return in.find('\\') != std::string_view::npos;
+    case Transform::kRemoveNulls:
+    case Transform::kReplaceNulls:
+      return in.find('\0') != std::string_view::npos;
+    case Transform::kUtf8ToUnicode:
+      return any([](u8 c) { return c == 0 || c >= 0x80; });
+    case Transform::kCompressWhitespace: {
+      bool prevSpace = false;
+      for (char ch : in) {
+        const u8 c = static_cast<u8>(ch);
+        if (isSpace(c) && (c != ' ' || prevSpace)) return true;
+        prevSpace = c == ' ';
+      }
+      return false;
+    }
+    case Transform::kRemoveWhitespace:
+      return any([](u8 c) { return isSpace(c) || c == 0xa0 || c == 0xc2; });
+    default:
+      return true;
+  }
+}
+
 bool applyTransform(Transform t, std::string_view in, std::string& out, const UnicodeMap* map) {
   switch (t) {
     case Transform::kNone:

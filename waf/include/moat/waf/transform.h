@@ -129,6 +129,13 @@ class UnicodeMap {
 // provide the digest (e.g. MD5 under a FIPS-only provider) `out` is left empty.
 bool applyTransform(Transform t, std::string_view in, std::string& out, const UnicodeMap* map);
 
+// False only when `t` certainly leaves `in` unchanged, found by one cheap
+// pass over the bytes (no '%' or '+' for urlDecode, no '&' for
+// htmlEntityDecode, no upper case for lowercase...); true when unsure.
+// applyTransforms uses it to skip the copy and compare of no-op steps, which
+// are most steps on benign values. Thread-safe, no allocation.
+bool transformMayChange(Transform t, std::string_view in);
+
 // Two buffers that a chain of transformations ping-pongs between. Keep one per
 // worker (or per request) and reuse it; it is not shareable between threads.
 struct TransformScratch {
@@ -151,7 +158,7 @@ std::string_view applyTransforms(std::span<const Transform> chain, std::string_v
   std::string* next = &scratch.a;
   std::string* spare = &scratch.b;
   for (Transform t : chain) {
-    if (t == Transform::kNone) continue;
+    if (t == Transform::kNone || !transformMayChange(t, current)) continue;
     if (applyTransform(t, current, *next, map)) {
       current = *next;
       onChanged(t, current);
