@@ -210,6 +210,29 @@ SecRule ARGS:c "@rx ." "id:20,phase:2,pass,log"
   EXPECT_EQ(t.tx("stages"), "2");
 }
 
+TEST(WafEngine, EmptyCollectionsAndTxLookups) {
+  // A link whose targets are all empty collections has no value to test, so
+  // even a negated operator does not match; TX:Name finds tx.name whatever
+  // the case it is written in.
+  auto e = compileText(R"(
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.MixedCase=7"
+SecRule ARGS|REQUEST_COOKIES "!@rx zzz" "id:10,phase:2,pass,log"
+SecRule ARGS_NAMES|XML:/* "@rx ." "id:11,phase:2,pass,log"
+SecRule TX:mixedcase "@eq 7" "id:12,phase:2,pass,log"
+SecRule TX:MIXEDCASE|!TX:mixedCase "@eq 7" "id:13,phase:2,pass,log"
+SecRule &TX:MixedCase "@eq 1" "id:14,phase:2,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{12, 14}));
+  r.target = "/?a=b";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{10, 11, 12, 14}));
+  r.target = "/";
+  r.headers.emplace_back("Cookie", "c=d");
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{10, 12, 14}));
+}
+
 TEST(WafEngine, BodyProcessors) {
   auto e = compileText(R"(
 SecRule ARGS:json.user.name "@streq bob" "id:1,phase:2,pass,log"

@@ -159,6 +159,8 @@ enum class OpClass : uint8_t {
 struct TargetC {
   Variable var;
   std::shared_ptr<Pcre> selectorRegex;  // for SelectorKind::kRegex
+  std::string lowerSelector;            // kLiteral, lower case: TX and the other
+                                        // mutable collections store keys so
 };
 
 // Patterns are grouped into Hyperscan databases by everything that decides
@@ -206,7 +208,34 @@ struct LinkC {
   std::vector<TargetC> targets;     // non-excluded targets
   std::vector<TargetC> exclusions;  // `!` targets
   bool hasOtherEffects = false;     // setenv or ctl (run after a full match)
+  // Every target is a request collection that may be empty (ARGS, cookies,
+  // FILES, XML...; no `&` counts): when all of emptyMask's collections are
+  // empty in this transaction the link has no value, so it cannot match and
+  // is failed without walking its targets.
+  bool skippableWhenEmpty = false;
+  uint32_t emptyMask = 0;
 };
+
+// Bit of a request collection that can be empty (see LinkC::emptyMask), or
+// -1 for anything else (headers, scalars, TX...).
+int emptyClassBit(VariableName v) {
+  switch (v) {
+    case VariableName::kArgs:
+    case VariableName::kArgsNames: return 0;
+    case VariableName::kArgsGet:
+    case VariableName::kArgsGetNames: return 1;
+    case VariableName::kArgsPost:
+    case VariableName::kArgsPostNames: return 2;
+    case VariableName::kRequestCookies:
+    case VariableName::kRequestCookiesNames: return 3;
+    case VariableName::kFiles: return 4;
+    case VariableName::kFilesNames: return 5;
+    case VariableName::kFilesSizes: return 6;
+    case VariableName::kMultipartPartHeaders: return 7;
+    case VariableName::kXml: return 8;
+    default: return -1;
+  }
+}
 
 struct RuleC {
   const Rule* rule = nullptr;
@@ -464,6 +493,7 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
       for (const Variable& v : link.variables) {
         TargetC tc;
         tc.var = v;
+        if (v.selectorKind == SelectorKind::kLiteral) tc.lowerSelector = lowered(v.selector);
         if (v.selectorKind == SelectorKind::kRegex) {
           std::string err;
           tc.selectorRegex = Pcre::compile(v.selector, true, &err);
@@ -474,6 +504,15 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
           }
         }
         (v.exclude ? lc.exclusions : lc.targets).push_back(std::move(tc));
+      }
+      lc.skippableWhenEmpty = !lc.targets.empty();
+      for (const TargetC& t : lc.targets) {
+        const int bit = emptyClassBit(t.var.name);
+        if (bit < 0 || t.var.count) {
+          lc.skippableWhenEmpty = false;
+          break;
+        }
+        lc.emptyMask |= 1u << bit;
       }
       // Operator.
       const Operator& op = link.op;
@@ -639,6 +678,7 @@ struct TxState {
   // more than the scan. Sized on the first evaluate() with an engine.
   std::vector<PatternScratch> pscratch;
   const EngineImpl* scratchFor = nullptr;
+  uint32_t presentMask = 0;  // see Evaluator::runPhase / LinkC::emptyMask
   BodyResult body, query;
 
   // Runtime ctl state.
@@ -901,6 +941,15 @@ class Evaluator {
       default: break;
     }
     if (Coll* c = mutableCollection(s_, v)) {
+      if (t.var.selectorKind == SelectorKind::kLiteral) {
+        // TX:name: keys are stored in lower case and unique, so one exact
+        // lookup replaces a case-insensitive pass over every TX entry (CRS
+        // asks TX:EXECUTING_PARANOIA_LEVEL and friends ~100 times a request).
+        if (const std::string* val = collGet(*c, t.lowerSelector)) {
+          if (!excluded(t.lowerSelector)) f(VarRef{v, t.lowerSelector}, *val, kNoValueId);
+        }
+        return;
+      }
       // Copy: the callback may run setvar... it does not (operators only), but
       // be safe against reallocation by iterating indices.
       for (size_t i = 0; i < c->size(); ++i) {
@@ -1066,6 +1115,7 @@ class Evaluator {
   // Evaluates one link over all its target values. Returns whether any
   // value matched; records MATCHED_VAR(S) and captures.
   bool evalLink(const LinkC& lc, const RuleC& rc) {
+    if (lc.skippableWhenEmpty && (lc.emptyMask & s_.presentMask) == 0) return false;
     const RuleLink& link = *lc.link;
     const Rule& rule = *rc.rule;
     bool any = false;
@@ -1248,6 +1298,7 @@ class Evaluator {
   }
 
   bool removed(const RuleC& rc) const {
+    if (s_.removedIds.empty() && s_.removedTags.empty()) return false;
     const uint32_t id = rc.rule->id;
     for (const auto& r : s_.removedIds) {
       if (r.contains(id)) return true;
@@ -1263,6 +1314,21 @@ class Evaluator {
   // Runs one phase. Returns false when evaluation must stop (intervention or
   // allow for the whole transaction).
   bool runPhase(int phase) {
+    // Which possibly-empty request collections have members (LinkC::emptyMask);
+    // fixed for the phase: the body processor runs between phases.
+    s_.presentMask = 0;
+    const auto mark = [&](bool nonEmpty, int bit) {
+      if (nonEmpty) s_.presentMask |= 1u << bit;
+    };
+    mark(!s_.argsGet.empty() || !s_.argsPost.empty(), 0);
+    mark(!s_.argsGet.empty(), 1);
+    mark(!s_.argsPost.empty(), 2);
+    mark(!s_.cookies.empty(), 3);
+    mark(!s_.files.empty(), 4);
+    mark(!s_.filesNames.empty(), 5);
+    mark(!s_.filesSizes.empty(), 6);
+    mark(!s_.multipartHeaders.empty(), 7);
+    mark(s_.verdict.bodyProcessor == "XML" && !s_.verdict.bodyError, 8);
     const auto& list = e_.byPhase[static_cast<size_t>(phase)];
     uint32_t skip = 0;
     for (size_t pos = 0; pos < list.size(); ++pos) {
