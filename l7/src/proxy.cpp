@@ -804,34 +804,27 @@ struct Worker::Impl {
     appendAccessLine(logBuf, r);
   }
 
-  void flushAuditLog() {
+  // Writes buf whole to fd (blocking file write, EINTR retried), then empties
+  // it. A short write that fails counts one drop in `dropped`; the rest of
+  // the batch is discarded rather than retried on the hot path.
+  static void writeBatch(int fd, std::string& buf, uint64_t& dropped) {
     size_t off = 0;
-    while (off < auditBuf.size()) {
-      ssize_t n = ::write(opts.wafAuditFd, auditBuf.data() + off, auditBuf.size() - off);
+    while (off < buf.size()) {
+      ssize_t n = ::write(fd, buf.data() + off, buf.size() - off);
       if (n <= 0) {
         if (n < 0 && errno == EINTR) continue;
-        ++c.wafAuditDropped;
+        ++dropped;
         break;
       }
       off += static_cast<size_t>(n);
     }
-    auditBuf.clear();
+    buf.clear();
   }
 
   void flushAccessLog() {
-    if (!auditBuf.empty() && opts.wafAuditFd >= 0) flushAuditLog();
+    if (!auditBuf.empty() && opts.wafAuditFd >= 0) writeBatch(opts.wafAuditFd, auditBuf, c.wafAuditDropped);
     if (logBuf.empty() || opts.accessLogFd < 0) return;
-    size_t off = 0;
-    while (off < logBuf.size()) {
-      ssize_t n = ::write(opts.accessLogFd, logBuf.data() + off, logBuf.size() - off);
-      if (n <= 0) {
-        if (n < 0 && errno == EINTR) continue;
-        ++c.accessLogDropped;
-        break;
-      }
-      off += static_cast<size_t>(n);
-    }
-    logBuf.clear();
+    writeBatch(opts.accessLogFd, logBuf, c.accessLogDropped);
   }
 
   // ---- error responses ---------------------------------------------------

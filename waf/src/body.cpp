@@ -2,6 +2,7 @@
 // libmodsecurity v3 (src/request_body_processor/multipart.cc, json.cc and
 // Transaction::extractArguments); deviations are marked "Deviation:".
 #include "moat/waf/body.h"
+#include "ascii.h"
 
 #include <algorithm>
 #include <cstring>
@@ -27,15 +28,8 @@ bool isSpace(unsigned char c) {  // C isspace() in the "C" locale
   return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
 }
 
-char lowerAscii(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lowerAscii(a[i]) != lowerAscii(b[i])) return false;
-  }
-  return true;
-}
+using detail::iequals;
+using detail::lowerAscii;
 
 // urldecode_nonstrict: '+' to ' ', %HH decoded, anything else kept; a '%'
 // not followed by two hex digits sets invalid (URLENCODED_ERROR).

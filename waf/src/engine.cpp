@@ -3,6 +3,7 @@
 // named where it is implemented; where we differ on purpose the comment says
 // so.
 #include "moat/waf/engine.h"
+#include "ascii.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -27,15 +28,8 @@ namespace {
 
 constexpr uint32_t kNoValueId = UINT32_MAX;
 
-char lowerAscii(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lowerAscii(a[i]) != lowerAscii(b[i])) return false;
-  }
-  return true;
-}
+using detail::iequals;
+using detail::lowerAscii;
 
 std::string lowered(std::string_view s) {
   std::string out(s);

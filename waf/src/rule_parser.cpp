@@ -9,6 +9,7 @@
 //   Loader      directive semantics: chains, SecRuleRemove*/SecRuleUpdate*,
 //               markers, defaults, includes, and the final resolution pass
 #include "moat/waf/rules.h"
+#include "ascii.h"
 
 #include <arpa/inet.h>
 #include <glob.h>
@@ -41,15 +42,8 @@ bool isSpace(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
-char lowerAscii(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lowerAscii(a[i]) != lowerAscii(b[i])) return false;
-  }
-  return true;
-}
+using detail::iequals;
+using detail::lowerAscii;
 
 bool istartsWith(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
