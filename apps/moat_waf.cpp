@@ -251,10 +251,11 @@ int main(int argc, char** argv) {
     // Work done by the last evaluation: Hyperscan scans of (value, chain),
     // pattern checks answered by them, and checks run one by one.
     const auto& after = tx.counters();
-    std::snprintf(tail, sizeof(tail), ",\"scans\":%llu,\"scan_hits\":%llu,\"direct\":%llu",
+    std::snprintf(tail, sizeof(tail), ",\"scans\":%llu,\"scan_hits\":%llu,\"direct\":%llu,\"summary_skips\":%llu",
                   static_cast<unsigned long long>(after.valuesScanned - before.valuesScanned),
                   static_cast<unsigned long long>(after.scanCacheHits - before.scanCacheHits),
-                  static_cast<unsigned long long>(after.directMatches - before.directMatches));
+                  static_cast<unsigned long long>(after.directMatches - before.directMatches),
+                  static_cast<unsigned long long>(after.summarySkips - before.summarySkips));
     line += tail;
     if (showMatches) {
       const std::string audit = moat::waf::auditJson(view, *verdict, engine->mode());

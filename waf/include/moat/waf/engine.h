@@ -164,6 +164,8 @@ struct EngineCounters {
   uint64_t valuesScanned = 0;   // (value, chain) Hyperscan scans
   uint64_t scanCacheHits = 0;   // pattern checks answered from a previous scan
   uint64_t directMatches = 0;   // pattern checks run without the scan cache
+  uint64_t summarySkips = 0;    // pattern links failed from their group's hit
+                                // summary without walking their values
   uint64_t pcreLimitHits = 0;
   uint64_t geoLookupUnavailable = 0;
   uint64_t rblUnavailable = 0;
