@@ -233,6 +233,57 @@ SecRule &TX:MixedCase "@eq 1" "id:14,phase:2,pass,log"
   EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{10, 12, 14}));
 }
 
+TEST(WafEngine, PlainWordRegexSelectorsMatchAsPcreDoes) {
+  // /^word/ and /word/ selectors are matched without PCRE2 (caseless prefix
+  // and substring); a key with a newline still gets PCRE2's multiline '^'.
+  auto e = compileText(R"(
+SecRule ARGS_NAMES "@rx ." "id:1,phase:1,pass,nolog,capture,setvar:'tx.header_name_%{tx.0}=1'"
+SecRule TX:/^HEADER_NAME_/ "@eq 1" "id:10,phase:2,pass,log,chain"
+SecRule MATCHED_VARS_NAMES "@rx header_name_b$" "t:none"
+SecRule ARGS:/^Id_/ "@rx ." "id:11,phase:2,pass,log"
+SecRule ARGS|!ARGS:/utm/ "@rx x" "id:12,phase:2,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/?b=1";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{10}));
+  r.target = "/?ID_x=1&k=x";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11, 12}));
+  r.target = "/?a_UTM_b=x";  // the only x is excluded (caseless substring)
+  EXPECT_TRUE(ids(t.evaluate(*e, r.view())).empty());
+  r.target = "/?zz%0aid_=1";  // "zz\nid_": multiline '^' matches after LF
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11}));
+  r.target = "/?zzid_=1";
+  EXPECT_TRUE(ids(t.evaluate(*e, r.view())).empty());
+}
+
+TEST(WafEngine, GroupHitSummarySkipsOnlyWhatCannotMatch) {
+  // Rules 10-12 share one pattern group (same chain, phase and targets).
+  // A link is failed from the group's summary only when no value hit its
+  // pattern; exclusions still apply to the values that did hit, negated
+  // operators never use the summary, and a scalar set mid-phase
+  // (ctl:requestBodyProcessor) is seen by later rules.
+  auto e = compileText(R"(
+SecRule ARGS|REQUEST_HEADERS "@rx alpha" "id:10,phase:2,pass,log"
+SecRule ARGS|REQUEST_HEADERS "@rx beta" "id:11,phase:2,pass,log"
+SecRule ARGS|REQUEST_HEADERS "!@rx gamma" "id:12,phase:2,pass,log"
+SecRule ARGS|!ARGS:skip|REQUEST_HEADERS "@rx delta" "id:13,phase:2,pass,log"
+SecAction "id:14,phase:2,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_PROCESSOR "@rx JSON" "id:15,phase:2,pass,log"
+)");
+  ASSERT_TRUE(e);
+  Transaction t;
+  Req r;
+  r.target = "/?a=alpha&skip=delta";
+  const Verdict& v = t.evaluate(*e, r.view());
+  EXPECT_EQ(ids(v), (std::vector<uint32_t>{10, 12, 15}));
+  EXPECT_GT(t.counters().summarySkips, 0u);
+  r.target = "/?a=beta&b=delta";
+  r.headers.emplace_back("X-G", "gamma");
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11, 12, 13, 15}));
+}
+
 TEST(WafEngine, BodyProcessors) {
   auto e = compileText(R"(
 SecRule ARGS:json.user.name "@streq bob" "id:1,phase:2,pass,log"

@@ -37,6 +37,8 @@ std::string lowered(std::string_view s) {
   return out;
 }
 
+std::string memberName(VariableName v, std::string_view key);  // below
+
 // ModSecurity's atoi-like conversion for setvar arithmetic: leading
 // whitespace, optional sign, digits; anything else ends the number.
 long long toInt(std::string_view s) {
@@ -160,6 +162,7 @@ struct TargetC {
   // CR or LF (where multiline '^' could also match) still goes to PCRE2.
   enum class Fast : uint8_t { kNo, kPrefix, kSubstring } fast = Fast::kNo;
   std::string fastLiteral;
+  std::string countName;  // "&ARGS:foo", MATCHED_VAR_NAME of a `&` target
   std::string lowerSelector;            // kLiteral, lower case: TX and the other
                                         // mutable collections store keys so
 };
@@ -575,6 +578,7 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
           }
           classifySelector(tc);
         }
+        if (v.count) tc.countName = "&" + memberName(v.name, v.selector);
         (v.exclude ? lc.exclusions : lc.targets).push_back(std::move(tc));
       }
       lc.skippableWhenEmpty = !lc.targets.empty();
@@ -890,9 +894,11 @@ bool selectorMatches(const TargetC& t, std::string_view key) {
         }
         return false;
       }
-      if (t.fast == TargetC::Fast::kPrefix &&
-          key.find_first_of("\r\n") == std::string_view::npos) {
-        return key.size() >= lit.size() && iequals(key.substr(0, lit.size()), lit);
+      if (t.fast == TargetC::Fast::kPrefix) {
+        if (key.size() >= lit.size() && iequals(key.substr(0, lit.size()), lit)) return true;
+        bool multiline = false;
+        for (char c : key) multiline = multiline || c == '\n' || c == '\r';
+        if (!multiline) return false;
       }
       return t.selectorRegex && t.selectorRegex->search(key);
     }
@@ -908,6 +914,7 @@ struct VarRef {
   std::string_view key;  // "" for scalars
   const char* fixed = nullptr;  // a literal name instead ("XML:/*")
   std::string str() const;
+  void appendTo(std::string& out) const;
 };
 
 // The names ModSecurity prints in MATCHED_VAR_NAME.
@@ -933,6 +940,18 @@ void setScalarOwned(TxState& s, VariableName v, std::string value) {
 }
 
 std::string VarRef::str() const { return fixed != nullptr ? std::string(fixed) : memberName(var, key); }
+
+void VarRef::appendTo(std::string& out) const {
+  if (fixed != nullptr) {
+    out += fixed;
+    return;
+  }
+  out += toString(var);
+  if (!key.empty()) {
+    out += ':';
+    out += key;
+  }
+}
 
 class Evaluator {
  public:
@@ -1305,10 +1324,11 @@ class Evaluator {
     bool any = false;
     s_.newMatchCount = 0;
     s_.pendingCapCount = 0;
-    auto record = [&](std::string_view name, std::string_view v) {
+    auto record = [&](const VarRef& name, std::string_view v) {
       if (s_.newMatchCount == s_.newMatches.size()) s_.newMatches.emplace_back();
       auto& pm = s_.newMatches[s_.newMatchCount++];
-      pm.name.assign(name);
+      pm.name.clear();
+      name.appendTo(pm.name);
       pm.value.assign(v);
       pm.capFirst = static_cast<uint32_t>(s_.pendingCapCount);
       pm.capCount = 0;
@@ -1329,13 +1349,13 @@ class Evaluator {
         // each of those that matches is one match (one setvar round).
         if (runOperator(lc, rule, value, nullptr, link.capture)) {
           any = true;
-          record(name.str(), value);
+          record(name, value);
         }
         applyTransforms(lc.chain, value, e_.map(), s_.tscratch,
                         [&](Transform, std::string_view v) {
                           if (runOperator(lc, rule, v, nullptr, link.capture)) {
                             any = true;
-                            record(name.str(), v);
+                            record(name, v);
                           }
                         });
         return;
@@ -1354,7 +1374,7 @@ class Evaluator {
       m = runOperator(lc, rule, transformed, entry, link.capture);
       if (m) {
         any = true;
-        record(name.str(), transformed);
+        record(name, transformed);
       }
     };
     if (lc.targets.empty()) {
@@ -1364,9 +1384,10 @@ class Evaluator {
     for (const TargetC& t : lc.targets) {
       if (t.var.count) {
         const size_t n = countValues(t, &lc.exclusions, &rc);
-        const std::string name = "&" + memberName(t.var.name, t.var.selector);
-        s_.scratchNum[2] = std::to_string(n);
-        onValue(VarRef{t.var.name, {}, name.c_str()}, s_.scratchNum[2], kNoValueId);
+        char num[24];
+        const auto res = std::to_chars(num, num + sizeof(num), n);
+        s_.scratchNum[2].assign(num, res.ptr);
+        onValue(VarRef{t.var.name, {}, t.countName.c_str()}, s_.scratchNum[2], kNoValueId);
         continue;
       }
       // Copy values of mutable collections first: forEachValue hands out

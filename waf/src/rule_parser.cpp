@@ -17,6 +17,7 @@
 #include <regex.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <filesystem>
@@ -228,10 +229,15 @@ const VariableInfo* findVariable(std::string_view name) {
 }
 
 const VariableInfo& variableInfo(VariableName id) {
-  for (const auto& v : kVariables) {
-    if (v.id == id) return v;
-  }
-  return kVariables[0];  // unreachable: every enumerator is in the table
+  // Indexed once (the engine asks for names on every match): enumerators
+  // are small integers; any not in the table maps to the first entry.
+  static const std::array<const VariableInfo*, 256> byId = [] {
+    std::array<const VariableInfo*, 256> t{};
+    t.fill(&kVariables[0]);
+    for (const auto& v : kVariables) t[static_cast<uint8_t>(v.id)] = &v;
+    return t;
+  }();
+  return *byId[static_cast<uint8_t>(id)];
 }
 
 // Collections setvar / expirevar / initcol may write.
