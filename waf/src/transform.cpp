@@ -1218,41 +1218,48 @@ std::optional<UnicodeMap> UnicodeMap::load(const std::string& path, int codePage
 }
 
 bool transformMayChange(Transform t, std::string_view in) {
+  // Branch-free passes without early exit, so the compiler vectorises them:
+  // values are short, and one vector pass beats a byte loop that stops early.
+  const u8* p = reinterpret_cast<const u8*>(in.data());
+  const size_t n = in.size();
   const auto any = [&](auto pred) {
-    for (char ch : in) {
-      if (pred(static_cast<u8>(ch))) return true;
-    }
-    return false;
+    unsigned acc = 0;
+    for (size_t i = 0; i < n; ++i) acc |= pred(p[i]) ? 1u : 0u;
+    return acc != 0;
   };
   switch (t) {
     case Transform::kNone:
       return false;
     case Transform::kLowercase:
-      return any([](u8 c) { return c >= 'A' && c <= 'Z'; });
+      return any([](u8 c) { return static_cast<u8>(c - 'A') < 26; });
     case Transform::kUrlDecode:
     case Transform::kUrlDecodeUni:
-      return any([](u8 c) { return c == '%' || c == '+'; });
+      return any([](u8 c) { return (c == '%') | (c == '+'); });
     case Transform::kHtmlEntityDecode:
-      return in.find('&') != std::string_view::npos;
+      return any([](u8 c) { return c == '&'; });
     case Transform::kJsDecode:
     case Transform::kCssDecode:
-      return in.find('\\') != std::string_view::npos;
+      return any([](u8 c) { return c == '\\'; });
     case Transform::kRemoveNulls:
     case Transform::kReplaceNulls:
-      return in.find('\0') != std::string_view::npos;
+      return any([](u8 c) { return c == 0; });
     case Transform::kUtf8ToUnicode:
-      return any([](u8 c) { return c == 0 || c >= 0x80; });
+      return any([](u8 c) { return (c == 0) | (c >= 0x80); });
     case Transform::kCompressWhitespace: {
-      bool prevSpace = false;
-      for (char ch : in) {
-        const u8 c = static_cast<u8>(ch);
-        if (isSpace(c) && (c != ' ' || prevSpace)) return true;
-        prevSpace = c == ' ';
+      // A change needs a non-' ' space byte or two ' ' in a row.
+      unsigned acc = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const u8 c = p[i];
+        const bool ws = (c >= '\t') & (c <= '\r');
+        const bool dbl = (c == ' ') & (i > 0 && p[i - 1] == ' ');
+        acc |= (ws | dbl) ? 1u : 0u;
       }
-      return false;
+      return acc != 0;
     }
     case Transform::kRemoveWhitespace:
-      return any([](u8 c) { return isSpace(c) || c == 0xa0 || c == 0xc2; });
+      return any([](u8 c) {
+        return (c == ' ') | ((c >= '\t') & (c <= '\r')) | (c == 0xa0) | (c == 0xc2);
+      });
     default:
       return true;
   }
