@@ -844,6 +844,7 @@ struct TxState {
   // Scan cache index: scanSlot[vid * chains + chainId] = 1 + index into
   // scans, 0 = not yet. Value ids are dense and per transaction.
   std::vector<uint32_t> scanSlot;
+  size_t slotsDirty = 0;  // scanSlot[0, slotsDirty) may be non-zero
   // Values the current link matched, in order, with the captures each
   // produced; setvar replays once per entry (ModSecurity v3 semantics).
   // Entries and their strings are reused across links (capacity kept).
@@ -1239,6 +1240,7 @@ class Evaluator {
       return s_.scans[s_.scanSlot[slot] - 1];
     }
     s_.scanSlot[slot] = static_cast<uint32_t>(s_.scansUsed + 1);
+    s_.slotsDirty = std::max(s_.slotsDirty, slot + 1);
     if (s_.scansUsed == s_.scans.size()) s_.scans.emplace_back();
     ScanEntry& e = s_.scans[s_.scansUsed++];
     e.groupsUsed = 0;
@@ -1979,7 +1981,10 @@ const Verdict& Transaction::evaluate(const Engine& engine, const RequestView& re
   s.matchedVarName.clear();
   s.matchedVarsCount = 0;
   s.captures.clear();
-  std::fill(s.scanSlot.begin(), s.scanSlot.end(), 0u);
+  // Only the slots the last transaction wrote (the vector keeps the size of
+  // the largest request seen; clearing all of it cost a big memset a request).
+  std::fill(s.scanSlot.begin(), s.scanSlot.begin() + static_cast<std::ptrdiff_t>(s.slotsDirty), 0u);
+  s.slotsDirty = 0;
   s.scansUsed = 0;
   s.removedIds.clear();
   s.removedTags.clear();
