@@ -284,6 +284,46 @@ SecRule REQBODY_PROCESSOR "@rx JSON" "id:15,phase:2,pass,log"
   EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11, 12, 13, 15}));
 }
 
+TEST(WafEngine, PurePrefixRunsOnceAndMatchesRunningIt) {
+  // Rules 1-2 read and write only TX: compile() runs them once and every
+  // transaction starts after them with their TX, log and MATCHED_VAR. Rule 3
+  // reads the request, so the prefix ends there.
+  const std::string rules = R"(
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.a=1"
+SecRule &TX:b "@eq 0" "id:2,phase:1,pass,log,msg:'b unset %{tx.a}',setvar:tx.b=%{tx.a}"
+SecRule REQUEST_HEADERS:X "@rx y" "id:3,phase:1,pass,log,setvar:tx.a=+5"
+SecRule TX:a "@eq 6" "id:4,phase:2,pass,log"
+SecRule TX:b "@eq 1" "id:5,phase:2,pass,log,msg:'%{MATCHED_VAR_NAME}'"
+)";
+  auto e = compileText(rules);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->stats().purePrefixRules, 2u);
+  Transaction t;
+  Req r;
+  for (int round = 0; round < 2; ++round) {
+    const Verdict& v = t.evaluate(*e, r.view());
+    ASSERT_EQ(ids(v), (std::vector<uint32_t>{2, 5}));
+    EXPECT_EQ(v.matched[0].msg, "b unset 1");
+    EXPECT_EQ(v.matched[1].msg, "TX:b");
+    EXPECT_EQ(t.tx("a"), "1");
+  }
+  r.headers.emplace_back("X", "y");
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{2, 3, 4, 5}));
+  EXPECT_EQ(t.tx("a"), "6");
+
+  // A TX-only deny that fires (CRS 901001 without crs-setup.conf) is not
+  // folded into a prefix: it blocks, or is reported in detection-only mode.
+  const std::string deny = R"(
+SecRule &TX:crs_setup_version "@eq 0" "id:901001,phase:1,deny,status:500,log"
+)";
+  auto d = compileText(deny);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->stats().purePrefixRules, 0u);
+  const Verdict& v = t.evaluate(*d, r.view());
+  EXPECT_TRUE(v.intervene);
+  EXPECT_EQ(v.status, 500);
+}
+
 TEST(WafEngine, BodyProcessors) {
   auto e = compileText(R"(
 SecRule ARGS:json.user.name "@streq bob" "id:1,phase:2,pass,log"

@@ -331,6 +331,25 @@ class EngineImpl {
   };
   std::vector<RuleHot> ruleHot;  // parallel to rules
   std::vector<LinkHot> linkHot;  // parallel to links
+
+  // The pure prefix of phase 1. CRS starts every transaction with ~60 rules
+  // that read and write only TX and constants (crs-setup's SecActions,
+  // 901xxx defaults: "&TX:x @eq 0 -> setvar tx.x=default"); their outcome is
+  // the same for every request, so compile() runs them once and evaluate()
+  // starts from the result: the TX variables, position and log they left.
+  // A rule is pure (rulePure) when it has no skip:N, every
+  // link's operator is a plain scalar one over TX targets (or none), and its
+  // setvars, macros and messages touch only TX, MATCHED_VAR(_NAME) and RULE.
+  struct Prefix {
+    size_t pos = 0;  // index into byPhase[1] of the first rule left to run
+    std::vector<std::pair<std::string, std::string>> tx;
+    std::vector<MatchedRule> matched;
+    int highestSeverity = 255;
+    std::string matchedVar, matchedVarName;
+    uint64_t ruleMatches = 0;
+  };
+  std::vector<uint8_t> rulePure;  // parallel to rules
+  std::optional<Prefix> prefix;
   std::optional<UnicodeMap> unicodeMap;
   EngineMode mode = EngineMode::kOn;
   bool requestBodyAccess = true;
@@ -402,6 +421,49 @@ std::string crsPreamble(int paranoia, int inboundThreshold, int outboundThreshol
   }
   return s;
 }
+
+namespace {
+
+bool pureMacro(const MacroString& m) {
+  for (const auto& p : m.parts) {
+    if (!p.ref) continue;
+    const VariableName v = p.ref->variable;
+    if (v != VariableName::kTx && v != VariableName::kMatchedVar &&
+        v != VariableName::kMatchedVarName && v != VariableName::kRule) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// See EngineImpl::Prefix.
+bool rulePure(const EngineImpl& e, const RuleC& rc) {
+  const Rule& r = *rc.rule;
+  // A disruptive rule may be in the prefix only if it does not fire there
+  // (precomputePurePrefix gives up when one does).
+  if (r.skip != 0) return false;
+  if (!pureMacro(r.msg) || !pureMacro(r.logdata)) return false;
+  for (uint32_t li = 0; li < rc.linkCount; ++li) {
+    const LinkC& lc = e.links[rc.firstLink + li];
+    if (lc.opClass != OpClass::kScalar || lc.link->multiMatch) return false;
+    if (!pureMacro(lc.link->op.expandable)) return false;
+    for (const auto* list : {&lc.targets, &lc.exclusions}) {
+      for (const TargetC& t : *list) {
+        if (t.var.name != VariableName::kTx) return false;
+      }
+    }
+    for (const SideEffect& fx : lc.link->effects) {
+      const auto* sv = std::get_if<SetVar>(&fx);
+      if (sv == nullptr || sv->collection != VariableName::kTx) return false;
+      if (!pureMacro(sv->key) || !pureMacro(sv->value)) return false;
+    }
+  }
+  return true;
+}
+
+void precomputePurePrefix(EngineImpl& e);  // after the Evaluator
+
+}  // namespace
 
 Engine::Engine(std::unique_ptr<EngineImpl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
@@ -677,6 +739,10 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
     }
     for (const RuleC& rc : impl->rules) impl->ruleHot.push_back({rc.firstLink, rc.linkCount});
   }
+  impl->rulePure.assign(impl->rules.size(), 0);
+  for (size_t ri = 0; ri < impl->rules.size(); ++ri) {
+    impl->rulePure[ri] = rulePure(*impl, impl->rules[ri]) ? 1 : 0;
+  }
   impl->stats.rules = set.rules.size();
   impl->stats.links = impl->links.size();
 
@@ -700,6 +766,7 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
     allCached = allCached && bs.cacheHit;
   }
   impl->stats.cacheHit = allCached && impl->stats.patternGroups > 0;
+  precomputePurePrefix(*impl);
   const auto t2 = std::chrono::steady_clock::now();
   impl->stats.loadMs = std::chrono::duration<double, std::milli>(t1 - t0).count();
   impl->stats.compileMs = std::chrono::duration<double, std::milli>(t2 - t1).count();
@@ -1604,6 +1671,13 @@ class Evaluator {
 
   // Runs one phase. Returns false when evaluation must stop (intervention or
   // allow for the whole transaction).
+  // Pure-prefix support (EngineImpl::prefix): runPhase starts at startPos_;
+  // with pureOnly_ set it stops before the first rule not marked pure there
+  // and records that position in stoppedAt_.
+  size_t startPos_ = 0;
+  const std::vector<uint8_t>* pureOnly_ = nullptr;
+  size_t stoppedAt_ = SIZE_MAX;
+
   bool runPhase(int phase) {
     // Which possibly-empty request collections have members (LinkC::emptyMask);
     // fixed for the phase: the body processor runs between phases.
@@ -1623,12 +1697,17 @@ class Evaluator {
     mark(s_.verdict.bodyProcessor == "XML" && !s_.verdict.bodyError, 8);
     const auto& list = e_.byPhase[static_cast<size_t>(phase)];
     uint32_t skip = 0;
-    for (size_t pos = 0; pos < list.size(); ++pos) {
+    if (pureOnly_ != nullptr) stoppedAt_ = list.size();
+    for (size_t pos = startPos_; pos < list.size(); ++pos) {
       if (mode() == EngineMode::kOff) return false;
       const RuleC& rc = e_.rules[list[pos]];
       if (skip > 0) {
         --skip;
         continue;
+      }
+      if (pureOnly_ != nullptr && !(*pureOnly_)[list[pos]]) {
+        stoppedAt_ = pos;
+        return true;
       }
       if (removed(rc)) continue;
       const EngineImpl::RuleHot rh = e_.ruleHot[list[pos]];
@@ -1717,6 +1796,31 @@ class Evaluator {
   TxState& s_;
   const EngineImpl& e_;
 };
+
+void precomputePurePrefix(EngineImpl& e) {
+  e.prefix.reset();
+  if (e.mode == EngineMode::kOff) return;
+  TxState s;
+  s.start = std::chrono::steady_clock::now();
+  s.eng = &e;
+  Evaluator ev(s, e);
+  ev.pureOnly_ = &e.rulePure;
+  const bool okp = ev.runPhase(1);
+  // A disruptive action fired (a missing crs-setup.conf trips 901001): the
+  // verdict depends on the mode at run time; leave it all to evaluate().
+  if (!okp || s.verdict.intervene || s.verdict.wouldIntervene || s.verdict.allowed) return;
+  if (ev.stoppedAt_ == 0 || ev.stoppedAt_ == SIZE_MAX) return;
+  EngineImpl::Prefix p;
+  p.pos = ev.stoppedAt_;
+  for (size_t i = 0; i < s.tx.size(); ++i) p.tx.push_back(s.tx[i]);
+  p.matched = s.verdict.matched;
+  p.highestSeverity = s.highestSeverity;
+  p.matchedVar = s.matchedVar;
+  p.matchedVarName = s.matchedVarName;
+  p.ruleMatches = s.counters.ruleMatches;
+  e.stats.purePrefixRules = p.pos;
+  e.prefix = std::move(p);
+}
 
 void addMembers(TxState& s, std::vector<Member>& out, const std::vector<BodyArg>& args) {
   for (const auto& [k, v] : args) {
@@ -2013,7 +2117,20 @@ const Verdict& Transaction::evaluate(const Engine& engine, const RequestView& re
   }
   fillRequest(s, request);
   Evaluator ev(s, e);
+  if (e.prefix) {
+    // Start after the pure prefix with the state it leaves (identical to
+    // running it: see EngineImpl::Prefix).
+    const EngineImpl::Prefix& p = *e.prefix;
+    for (const auto& [k, v] : p.tx) s.tx.set(k, v);
+    s.verdict.matched = p.matched;
+    s.highestSeverity = p.highestSeverity;
+    s.matchedVar = p.matchedVar;
+    s.matchedVarName = p.matchedVarName;
+    s.counters.ruleMatches += p.ruleMatches;
+    ev.startPos_ = p.pos;
+  }
   bool go = ev.runPhase(1);
+  ev.startPos_ = 0;
   if (go) {
     processBody(s, e, request);
     if (s.verdict.bodyLimitExceeded && e.bodyLimitAction == BodyLimitAction::kReject) {

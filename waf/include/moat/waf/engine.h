@@ -87,6 +87,8 @@ struct CompileStats {
   size_t patternLinks = 0;    // links whose operator is @rx / @pm / @pmFromFile
   size_t patternGroups = 0;   // Hyperscan databases (per chain, phase, targets, paranoia band)
   size_t hsExact = 0, hsPrefilter = 0, pcreOnly = 0, phraseLists = 0;
+  size_t purePrefixRules = 0; // phase-1 rules run once at compile (TX-only
+                              // defaults, see engine.cpp EngineImpl::Prefix)
   bool cacheHit = false;      // every database came from the cache
   double loadMs = 0, compileMs = 0;
   std::string contentHash;    // of the rule files (hex)
