@@ -235,26 +235,31 @@ SecRule &TX:MixedCase "@eq 1" "id:14,phase:2,pass,log"
 
 TEST(WafEngine, PlainWordRegexSelectorsMatchAsPcreDoes) {
   // /^word/ and /word/ selectors are matched without PCRE2 (caseless prefix
-  // and substring); a key with a newline still gets PCRE2's multiline '^'.
+  // and substring; a trailing "c*" may match nothing, so /NAME_B*/ finds
+  // every key holding "name_"); a key with a newline still gets PCRE2's
+  // multiline '^'.
   auto e = compileText(R"(
 SecRule ARGS_NAMES "@rx ." "id:1,phase:1,pass,nolog,capture,setvar:'tx.header_name_%{tx.0}=1'"
 SecRule TX:/^HEADER_NAME_/ "@eq 1" "id:10,phase:2,pass,log,chain"
 SecRule MATCHED_VARS_NAMES "@rx header_name_b$" "t:none"
 SecRule ARGS:/^Id_/ "@rx ." "id:11,phase:2,pass,log"
 SecRule ARGS|!ARGS:/utm/ "@rx x" "id:12,phase:2,pass,log"
+SecRule TX:/HEADER_NAME_B*/ "@eq 1" "id:13,phase:2,pass,log"
 )");
   ASSERT_TRUE(e);
   Transaction t;
   Req r;
   r.target = "/?b=1";
-  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{10}));
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{10, 13}));
   r.target = "/?ID_x=1&k=x";
-  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11, 12}));
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11, 12, 13}));
   r.target = "/?a_UTM_b=x";  // the only x is excluded (caseless substring)
-  EXPECT_TRUE(ids(t.evaluate(*e, r.view())).empty());
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{13}));
   r.target = "/?zz%0aid_=1";  // "zz\nid_": multiline '^' matches after LF
-  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11}));
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{11, 13}));
   r.target = "/?zzid_=1";
+  EXPECT_EQ(ids(t.evaluate(*e, r.view())), (std::vector<uint32_t>{13}));
+  r.target = "/";
   EXPECT_TRUE(ids(t.evaluate(*e, r.view())).empty());
 }
 

@@ -175,6 +175,15 @@ void classifySelector(TargetC& t) {
     kind = TargetC::Fast::kPrefix;
     re.remove_prefix(1);
   }
+  // A trailing word character with '*' or '?' may match nothing, so a
+  // search for the rest finds the same keys (/MULTIPART_HEADERS_CONTENT_TYPES_*/).
+  const auto isWord = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  };
+  while (re.size() >= 2 && (re.back() == '*' || re.back() == '?') && isWord(re[re.size() - 2]) &&
+         (re.size() < 3 || re[re.size() - 3] != '\\')) {
+    re.remove_suffix(2);
+  }
   if (re.empty()) return;
   for (char c : re) {
     const bool word = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
