@@ -39,6 +39,24 @@ std::string lowered(std::string_view s) {
 
 std::string memberName(VariableName v, std::string_view key);  // below
 
+// Hash of a collection key (Coll): a word-at-a-time mix; keys are short
+// ASCII names.
+uint32_t keyHash(std::string_view k) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ k.size();
+  size_t i = 0;
+  for (; i + 8 <= k.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, k.data() + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  uint64_t w = 0;
+  std::memcpy(&w, k.data() + i, k.size() - i);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 29;
+  return static_cast<uint32_t>(h);
+}
+
 // ModSecurity's atoi-like conversion for setvar arithmetic: leading
 // whitespace, optional sign, digits; anything else ends the number.
 long long toInt(std::string_view s) {
@@ -163,6 +181,7 @@ struct TargetC {
   enum class Fast : uint8_t { kNo, kPrefix, kSubstring } fast = Fast::kNo;
   std::string fastLiteral;
   std::string countName;  // "&ARGS:foo", MATCHED_VAR_NAME of a `&` target
+  uint32_t selectorHash = 0;            // keyHash(lowerSelector)
   std::string lowerSelector;            // kLiteral, lower case: TX and the other
                                         // mutable collections store keys so
 };
@@ -638,7 +657,10 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
       for (const Variable& v : link.variables) {
         TargetC tc;
         tc.var = v;
-        if (v.selectorKind == SelectorKind::kLiteral) tc.lowerSelector = lowered(v.selector);
+        if (v.selectorKind == SelectorKind::kLiteral) {
+          tc.lowerSelector = lowered(v.selector);
+          tc.selectorHash = keyHash(tc.lowerSelector);
+        }
         if (v.selectorKind == SelectorKind::kRegex) {
           std::string err;
           tc.selectorRegex = Pcre::compile(v.selector, true, &err);
@@ -823,19 +845,24 @@ class Coll {
 
   void clear() {
     n_ = 0;
-    std::fill(slots_.begin(), slots_.end(), 0u);
+    std::fill(slots_.begin(), slots_.end(), 0);
   }
 
-  std::string* get(std::string_view key) {
+  std::string* get(std::string_view key) { return get(key, hash(key)); }
+  // With the key's hash() precomputed (TargetC::selectorHash).
+  std::string* get(std::string_view key, uint32_t h) {
     if (slots_.empty()) return nullptr;
     const size_t mask = slots_.size() - 1;
-    for (size_t i = hash(key) & mask;; i = (i + 1) & mask) {
-      const uint32_t sl = slots_[i];
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+      const uint64_t sl = slots_[i];
       if (sl == 0) return nullptr;
-      auto& it = items_[sl - 1];
+      if (static_cast<uint32_t>(sl >> 32) != h) continue;
+      auto& it = items_[static_cast<uint32_t>(sl) - 1];
       if (it.first == key) return &it.second;
     }
   }
+
+  static uint32_t hash(std::string_view k) { return keyHash(k); }
 
   void set(std::string_view key, std::string_view value) {
     if (std::string* v = get(key)) {
@@ -866,27 +893,23 @@ class Coll {
   }
 
  private:
-  static size_t hash(std::string_view k) {
-    uint32_t h = 2166136261u;
-    for (char c : k) h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
-    return h;
-  }
   void place(size_t idx) {
     const size_t mask = slots_.size() - 1;
-    size_t i = hash(items_[idx].first) & mask;
+    const uint32_t h = hash(items_[idx].first);
+    size_t i = h & mask;
     while (slots_[i] != 0) i = (i + 1) & mask;
-    slots_[i] = static_cast<uint32_t>(idx + 1);
+    slots_[i] = (uint64_t{h} << 32) | static_cast<uint32_t>(idx + 1);
   }
   void rebuild() {
     size_t cap = slots_.empty() ? 128 : slots_.size();
     while (cap < 2 * n_) cap *= 2;
-    slots_.assign(cap, 0u);
+    slots_.assign(cap, 0);
     for (size_t i = 0; i < n_; ++i) place(i);
   }
 
   std::vector<std::pair<std::string, std::string>> items_;
   size_t n_ = 0;
-  std::vector<uint32_t> slots_;
+  std::vector<uint64_t> slots_;  // hash << 32 | (index + 1); 0 = empty
 };
 
 }  // namespace
@@ -1247,7 +1270,7 @@ class Evaluator {
         // TX:name: keys are stored in lower case and unique, so one exact
         // lookup replaces a case-insensitive pass over every TX entry (CRS
         // asks TX:EXECUTING_PARANOIA_LEVEL and friends ~100 times a request).
-        if (const std::string* val = collGet(*c, t.lowerSelector)) {
+        if (const std::string* val = c->get(t.lowerSelector, t.selectorHash)) {
           if (!excluded(t.lowerSelector)) f(VarRef{v, t.lowerSelector}, *val, kNoValueId);
         }
         return;
