@@ -191,9 +191,9 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "moat-waf: %zu rules, %zu pattern links in %zu groups (%zu exact, %zu prefilter, "
-               "%zu pcre-only), %zu pure-prefix rules, load %.1f ms, compile %.1f ms%s\n",
+               "%zu pcre-only), %zu pure-prefix and %zu folded rules, load %.1f ms, compile %.1f ms%s\n",
                stats.rules, stats.patternLinks, stats.patternGroups, stats.hsExact,
-               stats.hsPrefilter, stats.pcreOnly, stats.purePrefixRules, stats.loadMs,
+               stats.hsPrefilter, stats.pcreOnly, stats.purePrefixRules, stats.foldedRules, stats.loadMs,
                stats.compileMs, stats.cacheHit ? " (cache hit)" : "");
 
   moat::waf::Transaction tx;

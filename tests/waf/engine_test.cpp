@@ -329,6 +329,52 @@ SecRule &TX:crs_setup_version "@eq 0" "id:901001,phase:1,deny,status:500,log"
   EXPECT_EQ(v.status, 500);
 }
 
+TEST(WafEngine, FoldedRulesReplayTheirCompileTimeOutcome) {
+  // After the prefix (rule 1), rules 3 and 8 read only TX keys nothing later
+  // writes: their outcome is fixed at compile time (3 matches and skips
+  // rule 4; 8 matches and denies). Rule 5 reads a key the request-dependent
+  // rule 2 writes, so it is evaluated. A ctl that removes one of a folded
+  // rule's targets makes it evaluated again (and then it cannot match).
+  const std::string rules = R"(
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.level=1,setvar:tx.block=1"
+SecRule REQUEST_HEADERS:X "@rx ." "id:2,phase:1,pass,nolog,setvar:tx.dyn=1"
+SecRule TX:level "@lt 2" "id:3,phase:1,pass,nolog,skipAfter:END"
+SecRule ARGS "@rx ." "id:4,phase:1,pass,log"
+SecMarker END
+SecRule &TX:dyn "@eq 1" "id:5,phase:2,pass,nolog,setvar:tx.seen=1"
+SecRule TX:seen "@eq 1" "id:6,phase:2,pass,log"
+SecRule ARGS:nofold "@rx ." "id:7,phase:2,pass,nolog,ctl:ruleRemoveTargetById=8;TX:block"
+SecRule TX:block "@eq 1" "id:8,phase:2,deny,status:403,nolog"
+)";
+  auto e = compileText(rules);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->stats().purePrefixRules, 1u);
+  EXPECT_EQ(e->stats().foldedRules, 2u);
+  Transaction t;
+  Req r;
+  r.target = "/?a=1";
+  const Verdict& v1 = t.evaluate(*e, r.view());
+  EXPECT_TRUE(ids(v1).empty());  // rule 4 skipped
+  EXPECT_TRUE(v1.intervene);
+  EXPECT_EQ(v1.status, 403);
+  EXPECT_EQ(v1.ruleId, 8u);
+  EXPECT_EQ(t.counters().foldedRules, 2u);
+  r.target = "/?a=1&nofold=1";
+  EXPECT_FALSE(t.evaluate(*e, r.view()).intervene);
+  r.target = "/";
+  r.headers.emplace_back("X", "y");
+  const Verdict& v3 = t.evaluate(*e, r.view());
+  EXPECT_EQ(ids(v3), (std::vector<uint32_t>{6}));
+  EXPECT_TRUE(v3.intervene);
+
+  auto d = compileText(rules, EngineMode::kDetectionOnly);
+  ASSERT_TRUE(d);
+  const Verdict& v4 = t.evaluate(*d, r.view());
+  EXPECT_FALSE(v4.intervene);
+  EXPECT_TRUE(v4.wouldIntervene);
+  EXPECT_EQ(v4.ruleId, 8u);
+}
+
 TEST(WafEngine, BodyProcessors) {
   auto e = compileText(R"(
 SecRule ARGS:json.user.name "@streq bob" "id:1,phase:2,pass,log"

@@ -378,6 +378,18 @@ class EngineImpl {
   };
   std::vector<uint8_t> rulePure;  // parallel to rules
   std::optional<Prefix> prefix;
+
+  // Folded rules: after the prefix, a pure rule with no setvar, not logged,
+  // whose TX reads are all keys that nothing after the prefix writes (CRS:
+  // "TX:EXECUTING_PARANOIA_LEVEL @lt 2 -> skipAfter", the exclusion-package
+  // switches) has the same outcome in every transaction. compile() evaluates
+  // it once against the prefix's TX; the rule loop then only replays the
+  // outcome (no match, or match: MATCHED_VAR, severity, skipAfter, its
+  // disruptive action). Not used when a ctl removed targets in this
+  // transaction (that could change what the rule sees).
+  static constexpr uint8_t kNotFolded = 0, kFoldedNoMatch = 1, kFoldedMatch = 2;
+  std::vector<uint8_t> fold;                                      // parallel to rules
+  std::vector<std::pair<std::string, std::string>> foldMatched;  // MATCHED_VAR, _NAME
   std::optional<UnicodeMap> unicodeMap;
   EngineMode mode = EngineMode::kOn;
   bool requestBodyAccess = true;
@@ -490,6 +502,7 @@ bool rulePure(const EngineImpl& e, const RuleC& rc) {
 }
 
 void precomputePurePrefix(EngineImpl& e);  // after the Evaluator
+void foldConstantRules(EngineImpl& e);     // after the Evaluator
 
 }  // namespace
 
@@ -798,6 +811,7 @@ std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
   }
   impl->stats.cacheHit = allCached && impl->stats.patternGroups > 0;
   precomputePurePrefix(*impl);
+  foldConstantRules(*impl);
   const auto t2 = std::chrono::steady_clock::now();
   impl->stats.loadMs = std::chrono::duration<double, std::milli>(t1 - t0).count();
   impl->stats.compileMs = std::chrono::duration<double, std::milli>(t2 - t1).count();
@@ -1745,6 +1759,14 @@ class Evaluator {
       const EngineImpl::RuleHot rh = e_.ruleHot[list[pos]];
       s_.matchedVarsCount = 0;
       bool matched = true;
+      const uint8_t fold = e_.fold.empty() ? EngineImpl::kNotFolded : e_.fold[list[pos]];
+      if (fold != EngineImpl::kNotFolded && s_.removedTargets.empty()) {
+        ++s_.counters.foldedRules;
+        if (fold == EngineImpl::kFoldedNoMatch) continue;
+        const auto& fm = e_.foldMatched[list[pos]];
+        s_.matchedVar.assign(fm.first);
+        s_.matchedVarName.assign(fm.second);
+      } else {
       for (uint32_t li = 0; li < rh.linkCount; ++li) {
         const uint32_t k = rh.firstLink + li;
         const EngineImpl::LinkHot& h = e_.linkHot[k];
@@ -1762,6 +1784,7 @@ class Evaluator {
           matched = false;
           break;
         }
+      }
       }
       if (!matched) continue;
       const Rule& rule = *rc.rule;
@@ -1852,6 +1875,104 @@ void precomputePurePrefix(EngineImpl& e) {
   p.ruleMatches = s.counters.ruleMatches;
   e.stats.purePrefixRules = p.pos;
   e.prefix = std::move(p);
+}
+
+void foldConstantRules(EngineImpl& e) {
+  e.fold.assign(e.rules.size(), EngineImpl::kNotFolded);
+  e.foldMatched.assign(e.rules.size(), {});
+  if (!e.prefix || e.mode == EngineMode::kOff) return;
+  // TX keys written by any rule that can run after the prefix (any phase-1
+  // rule from the prefix end on, every phase-2 rule), pure or not: a key
+  // written there may hold a request-dependent value, or be written or not
+  // depending on the request's path through skipAfter.
+  std::vector<std::string> written;
+  // Keys built with macros are known by their fixed start ("header_name_"
+  // for tx.header_name_%{tx.0}; %{rule.id} resolved), any key with it.
+  std::vector<std::string> writtenPrefixes;
+  bool writesUnknown = false;  // a setvar key that starts with a macro
+  const auto& p1 = e.byPhase[1];
+  const auto& p2 = e.byPhase[2];
+  auto scanWrites = [&](uint32_t ri) {
+    const RuleC& rc = e.rules[ri];
+    for (uint32_t li = 0; li < rc.linkCount; ++li) {
+      const LinkC& lc = e.links[rc.firstLink + li];
+      if (lc.link->capture) {
+        for (char d = '0'; d <= '9'; ++d) written.emplace_back(1, d);
+      }
+      for (const SideEffect& fx : lc.link->effects) {
+        const auto* sv = std::get_if<SetVar>(&fx);
+        if (sv == nullptr || sv->collection != VariableName::kTx) continue;
+        if (sv->key.hasMacros()) {
+          std::string prefix;
+          for (const auto& part : sv->key.parts) {
+            if (!part.ref) {
+              prefix += lowered(part.literal);
+            } else if (part.ref->variable == VariableName::kRule && iequals(part.ref->key, "id")) {
+              prefix += std::to_string(rc.rule->id);
+            } else {
+              break;
+            }
+          }
+          if (prefix.empty()) writesUnknown = true;
+          writtenPrefixes.push_back(std::move(prefix));
+        } else {
+          written.push_back(lowered(sv->key.text));
+        }
+      }
+    }
+  };
+  for (size_t pos = e.prefix->pos; pos < p1.size(); ++pos) scanWrites(p1[pos]);
+  for (uint32_t ri : p2) scanWrites(ri);
+  if (writesUnknown) return;
+  std::sort(written.begin(), written.end());
+  const auto isWritten = [&](const std::string& k) {
+    if (std::binary_search(written.begin(), written.end(), k)) return true;
+    for (const std::string& pre : writtenPrefixes) {
+      if (k.compare(0, pre.size(), pre) == 0) return true;
+    }
+    return false;
+  };
+  // Whether every TX read of rule rc is an exact key nobody writes later.
+  const auto readsConstant = [&](const RuleC& rc) {
+    for (uint32_t li = 0; li < rc.linkCount; ++li) {
+      const LinkC& lc = e.links[rc.firstLink + li];
+      if (!lc.link->effects.empty() || lc.link->capture) return false;
+      for (const auto* list : {&lc.targets, &lc.exclusions}) {
+        for (const TargetC& t : *list) {
+          if (t.var.selectorKind != SelectorKind::kLiteral || isWritten(t.lowerSelector)) return false;
+        }
+      }
+      for (const auto& part : lc.link->op.expandable.parts) {
+        if (!part.ref) continue;
+        if (part.ref->variable != VariableName::kTx || isWritten(lowered(part.ref->key))) return false;
+      }
+    }
+    return true;
+  };
+  TxState s;
+  s.start = std::chrono::steady_clock::now();
+  s.eng = &e;
+  Evaluator ev(s, e);
+  auto consider = [&](uint32_t ri) {
+    const RuleC& rc = e.rules[ri];
+    if (!e.rulePure[ri] || rc.log || !readsConstant(rc)) return;
+    // Evaluate against the prefix's TX (fresh state per rule).
+    s.tx.clear();
+    for (const auto& [k, v] : e.prefix->tx) s.tx.set(k, v);
+    s.matchedVar.clear();
+    s.matchedVarName.clear();
+    bool matched = true;
+    for (uint32_t li = 0; li < rc.linkCount && matched; ++li) {
+      matched = ev.evalLink(e.links[rc.firstLink + li], rc);
+    }
+    e.fold[ri] = matched ? EngineImpl::kFoldedMatch : EngineImpl::kFoldedNoMatch;
+    if (matched) e.foldMatched[ri] = {s.matchedVar, s.matchedVarName};
+  };
+  for (size_t pos = e.prefix->pos; pos < p1.size(); ++pos) consider(p1[pos]);
+  for (uint32_t ri : p2) consider(ri);
+  size_t n = 0;
+  for (uint8_t f : e.fold) n += f != EngineImpl::kNotFolded ? 1 : 0;
+  e.stats.foldedRules = n;
 }
 
 void addMembers(TxState& s, std::vector<Member>& out, const std::vector<BodyArg>& args) {

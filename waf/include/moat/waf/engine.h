@@ -87,6 +87,8 @@ struct CompileStats {
   size_t patternLinks = 0;    // links whose operator is @rx / @pm / @pmFromFile
   size_t patternGroups = 0;   // Hyperscan databases (per chain, phase, targets, paranoia band)
   size_t hsExact = 0, hsPrefilter = 0, pcreOnly = 0, phraseLists = 0;
+  size_t foldedRules = 0;     // later TX-only rules whose outcome is fixed at
+                              // compile (engine.cpp EngineImpl::fold)
   size_t purePrefixRules = 0; // phase-1 rules run once at compile (TX-only
                               // defaults, see engine.cpp EngineImpl::Prefix)
   bool cacheHit = false;      // every database came from the cache
@@ -166,6 +168,7 @@ struct EngineCounters {
   uint64_t valuesScanned = 0;   // (value, chain) Hyperscan scans
   uint64_t scanCacheHits = 0;   // pattern checks answered from a previous scan
   uint64_t directMatches = 0;   // pattern checks run without the scan cache
+  uint64_t foldedRules = 0;     // rules answered by their compile-time outcome
   uint64_t summarySkips = 0;    // pattern links failed from their group's hit
                                 // summary without walking their values
   uint64_t pcreLimitHits = 0;
