@@ -1091,7 +1091,6 @@ struct VarRef {
   VariableName var;
   std::string_view key;  // "" for scalars
   const char* fixed = nullptr;  // a literal name instead ("XML:/*")
-  std::string str() const;
   void appendTo(std::string& out) const;
 };
 
@@ -1116,8 +1115,6 @@ void setScalar(TxState& s, VariableName v, std::string_view value) {
 void setScalarOwned(TxState& s, VariableName v, std::string value) {
   setScalar(s, v, s.keep(std::move(value)));
 }
-
-std::string VarRef::str() const { return fixed != nullptr ? std::string(fixed) : memberName(var, key); }
 
 void VarRef::appendTo(std::string& out) const {
   if (fixed != nullptr) {
