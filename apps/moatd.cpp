@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -26,6 +27,7 @@
 #include "moat/control/config.h"
 #include "moat/control/snapshot.h"
 #include "moat/l7/proxy.h"
+#include "moat/l7/tls.h"
 #include "moat/ratelimit/limiter.h"
 #include "moat/waf/engine.h"
 
@@ -228,6 +230,18 @@ std::shared_ptr<const waf::Engine> compileWaf(const control::WafConfig& w, bool*
   return engine;
 }
 
+
+// Builds the TLS contexts the config asks for (control thread; reads the
+// certificate, key, CA and OCSP files). Logs every error with its JSON path.
+bool buildTlsSet(const control::Config& c, size_t workers,
+                 const std::shared_ptr<const l7::TicketSecret>& tickets, l7::TlsSet* out,
+                 const std::string& where) {
+  std::vector<l7::TlsBuildError> errors;
+  *out = l7::buildTls(c, workers, tickets, &errors);
+  for (const auto& e : errors) logLine("error", where + ": " + e.toString());
+  return errors.empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -247,6 +261,14 @@ int main(int argc, char** argv) {
         compileWaf(r.config->waf, &ok);
         if (!ok) {
           std::fprintf(stderr, "%s: waf rules rejected\n", file.c_str());
+          return 1;
+        }
+        l7::TlsSet tls;
+        std::vector<l7::TlsBuildError> tlsErrors;
+        tls = l7::buildTls(*r.config, 1, l7::TicketSecret::random(), &tlsErrors);
+        for (const auto& e : tlsErrors) std::fprintf(stderr, "%s: %s\n", file.c_str(), e.toString().c_str());
+        if (!tlsErrors.empty()) {
+          std::fprintf(stderr, "%s: TLS files rejected\n", file.c_str());
           return 1;
         }
         std::printf("%s: OK\n", file.c_str());
@@ -294,8 +316,16 @@ int main(int argc, char** argv) {
     logLine("error", "waf rules rejected; not starting");
     return 1;
   }
+  // One ticket secret for the process: tickets survive reloads and resume
+  // on any worker (listeners with ticketKeyFile use theirs).
+  const std::shared_ptr<const l7::TicketSecret> ticketSecret = l7::TicketSecret::random();
+  l7::TlsSet tls;
+  if (!buildTlsSet(config, nworkers, ticketSecret, &tls, configPath.empty() ? "default config" : configPath)) {
+    logLine("error", "TLS files rejected; not starting");
+    return 1;
+  }
   try {
-    publisher.publish(control::buildSnapshot(config, version, wafEngine));
+    publisher.publish(control::buildSnapshot(config, version, wafEngine, tls.listeners, tls.pools));
   } catch (const std::exception& e) {
     logLine("error", std::string("config: ") + e.what());
     return 1;
@@ -348,17 +378,39 @@ int main(int argc, char** argv) {
       workers[i]->run(5000);
     });
   }
-  for (const auto& l : config.listeners) {
-    logLine("info", "listening on " + l.address + ":" + std::to_string(l.port) + " (" + l.name + ")");
+  for (size_t i = 0; i < config.listeners.size(); ++i) {
+    const auto& l = config.listeners[i];
+    std::string what = l.name;
+    if (tls.listeners[i]) what += ", https: " + tls.listeners[i]->describe();
+    logLine("info", "listening on " + l.address + ":" + std::to_string(l.port) + " (" + what + ")");
+  }
+  for (size_t i = 0; i < config.pools.size(); ++i) {
+    if (config.pools[i].tls.enabled && !config.pools[i].tls.verify) {
+      logLine("warn", "pool " + config.pools[i].name + ": TLS to backends without certificate verification");
+    }
   }
   logLine("info", "config version 1 (" + (configPath.empty() ? std::string("embedded default") : configPath) +
                       ") running on " + std::to_string(nworkers) + " worker(s)");
 
   timespec tick{0, 100 * 1000 * 1000};
+  uint64_t nextOcspMs = 0;
   for (;;) {
     siginfo_t info;
     int sig = sigtimedwait(&sigs, &info, &tick);
     publisher.reclaim();
+    // Stapled OCSP responses follow their files (checked about once a second).
+    if (const auto nowMs = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now().time_since_epoch())
+                               .count());
+        nowMs >= nextOcspMs) {
+      nextOcspMs = nowMs + 1000;
+      for (const auto& l : tls.listeners) {
+        if (!l) continue;
+        std::vector<std::string> warnings;
+        if (l->refreshOcsp(&warnings) > 0) logLine("info", "ocsp: stapling a new response");
+        for (const auto& w : warnings) logLine("warn", w);
+      }
+    }
     if (sig < 0) continue;
     if (sig == SIGINT || sig == SIGTERM) break;
     if (sig == SIGUSR1) {
@@ -401,12 +453,23 @@ int main(int argc, char** argv) {
           continue;
         }
       }
+      // Certificates and keys are read again on every reload (they may have
+      // changed on disk under the same config); a broken one rejects the
+      // reload and the running contexts keep serving.
+      l7::TlsSet nextTls;
+      if (!buildTlsSet(*r.config, nworkers, ticketSecret, &nextTls, "reload " + configPath)) {
+        logLine("error", "reload rejected: TLS files; config version " + std::to_string(version) +
+                             " keeps running");
+        continue;
+      }
       try {
-        publisher.publish(control::buildSnapshot(*r.config, version + 1, nextWaf));
+        publisher.publish(
+            control::buildSnapshot(*r.config, version + 1, nextWaf, nextTls.listeners, nextTls.pools));
       } catch (const std::exception& e) {
         logLine("error", std::string("reload rejected: ") + e.what());
         continue;
       }
+      tls = std::move(nextTls);
       ++version;
       config = *r.config;
       wafEngine = nextWaf;

@@ -306,6 +306,7 @@ class Validator {
       bool isV6 = false;
       bool sawAddress = false;
       bool sawPort = false;
+      bool sawTls = false;
       bool nameOk = true;
       for (const auto& m : l.items()) {
         const std::string fp = join(lp, m.key());
@@ -324,14 +325,24 @@ class Validator {
           p = port(m.value(), fp);
         } else if (m.key() == "protocol") {
           std::optional<std::string> s = string(m.value(), fp);
-          if (s && *s != "http") {
-            error(fp, "unknown protocol " + jsonQuote(*s) + " (allowed: http)");
+          if (s && *s == "https") {
+            lc.protocol = ListenerProtocol::kHttps;
+          } else if (s && *s != "http") {
+            error(fp, "unknown protocol " + jsonQuote(*s) + " (allowed: http, https)");
           }
         } else if (m.key() == "proxyProtocol") {
           boolean(m.value(), fp, &lc.proxyProtocol);
+        } else if (m.key() == "tls") {
+          sawTls = true;
+          listenerTls(m.value(), fp, &lc.tls);
         } else {
-          unknown(fp, "name, address, port, protocol, proxyProtocol");
+          unknown(fp, "name, address, port, protocol, proxyProtocol, tls");
         }
+      }
+      if (lc.protocol == ListenerProtocol::kHttps && !sawTls) {
+        error(join(lp, "tls"), "required for protocol \"https\" (certificates)");
+      } else if (lc.protocol != ListenerProtocol::kHttps && sawTls) {
+        error(join(lp, "tls"), "only for protocol \"https\"");
       }
       if (!sawAddress) error(join(lp, "address"), "missing required field");
       if (!sawPort) error(join(lp, "port"), "missing required field");
@@ -352,6 +363,138 @@ class Validator {
         }
       }
       config_.listeners.push_back(std::move(lc));
+    }
+  }
+
+  // A header name as the proxy compares them: lowercase token characters.
+  bool headerName(const Json& j, const std::string& path, std::string* out) {
+    std::optional<std::string> s = string(j, path);
+    if (!s) return false;
+    if (s->empty()) {
+      *out = "";
+      return true;
+    }
+    std::string lower;
+    for (char ch : *s) {
+      const auto c = static_cast<unsigned char>(ch);
+      if (!(std::isalnum(c) || c == '-' || c == '_')) {
+        error(path, jsonQuote(*s) + " is not a header name (letters, digits, '-', '_')");
+        return false;
+      }
+      lower.push_back(static_cast<char>(std::tolower(c)));
+    }
+    *out = lower;
+    return true;
+  }
+
+  // The files named here are read and checked when the TLS contexts are
+  // built (l7/tls.h), which reports errors with these same JSON paths.
+  void listenerTls(const Json& j, const std::string& path, TlsListenerConfig* t) {
+    if (!object(j, path)) return;
+    bool sawCerts = false;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      if (m.key() == "certificates") {
+        sawCerts = true;
+        if (!array(v, fp)) continue;
+        if (v.empty()) error(fp, "at least one certificate is required");
+        for (size_t i = 0; i < v.size(); ++i) {
+          const std::string cp = indexed(fp, i);
+          if (!object(v[i], cp)) continue;
+          TlsCertificateConfig c;
+          for (const auto& f : v[i].items()) {
+            const std::string ffp = join(cp, f.key());
+            if (f.key() == "cert") {
+              if (auto x = string(f.value(), ffp)) c.cert = *x;
+            } else if (f.key() == "key") {
+              if (auto x = string(f.value(), ffp)) c.key = *x;
+            } else if (f.key() == "ocsp") {
+              if (auto x = string(f.value(), ffp)) c.ocsp = *x;
+            } else {
+              unknown(ffp, "cert, key, ocsp");
+            }
+          }
+          if (c.cert.empty()) error(join(cp, "cert"), "missing required field");
+          if (c.key.empty()) error(join(cp, "key"), "missing required field");
+          t->certificates.push_back(std::move(c));
+        }
+      } else if (m.key() == "minVersion") {
+        std::optional<std::string> s = string(v, fp);
+        if (s && *s != "1.2" && *s != "1.3") {
+          error(fp, "must be \"1.2\" or \"1.3\", got " + jsonQuote(*s) +
+                        " (TLS 1.0 and 1.1 are not offered)");
+        } else if (s) {
+          t->allowTls12 = *s == "1.2";
+        }
+      } else if (m.key() == "ciphersuites") {
+        if (auto x = string(v, fp)) t->ciphersuites = *x;
+      } else if (m.key() == "ciphers") {
+        if (auto x = string(v, fp)) t->ciphers = *x;
+      } else if (m.key() == "groups") {
+        if (auto x = string(v, fp)) t->groups = *x;
+      } else if (m.key() == "alpn") {
+        stringList(v, fp, &t->alpn, [&](const std::string& s, const std::string& ip) {
+          if (s.empty() || s.size() > 255) {
+            error(ip, "an ALPN protocol name is 1..255 bytes");
+            return false;
+          }
+          if (s != "http/1.1" && s != "http/1.0") {
+            error(ip, jsonQuote(s) + " is not a protocol this listener speaks (http/1.1, http/1.0)");
+            return false;
+          }
+          return true;
+        });
+      } else if (m.key() == "sessionTickets") {
+        boolean(v, fp, &t->sessionTickets);
+      } else if (m.key() == "ticketKeyFile") {
+        if (auto x = string(v, fp)) t->ticketKeyFile = *x;
+      } else if (m.key() == "ticketRotateS") {
+        uintInRange(v, fp, 60, 7 * 86400, " seconds", &t->ticketRotateS);
+      } else if (m.key() == "clientAuth") {
+        if (!object(v, fp)) continue;
+        for (const auto& f : v.items()) {
+          const std::string ffp = join(fp, f.key());
+          if (f.key() == "caFile") {
+            if (auto x = string(f.value(), ffp)) t->clientAuth.caFile = *x;
+          } else if (f.key() == "required") {
+            boolean(f.value(), ffp, &t->clientAuth.required);
+          } else if (f.key() == "subjectHeader") {
+            headerName(f.value(), ffp, &t->clientAuth.subjectHeader);
+          } else {
+            unknown(ffp, "caFile, required, subjectHeader");
+          }
+        }
+        if (t->clientAuth.caFile.empty()) error(join(fp, "caFile"), "missing required field");
+      } else {
+        unknown(fp, "certificates, minVersion, ciphersuites, ciphers, groups, alpn, "
+                    "sessionTickets, ticketKeyFile, ticketRotateS, clientAuth");
+      }
+    }
+    if (!sawCerts) error(join(path, "certificates"), "missing required field");
+  }
+
+  void upstreamTls(const Json& j, const std::string& path, UpstreamTlsConfig* t) {
+    if (!object(j, path)) return;
+    t->enabled = true;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      if (m.key() == "caFile") {
+        if (auto x = string(v, fp)) t->caFile = *x;
+      } else if (m.key() == "verify") {
+        boolean(v, fp, &t->verify);
+      } else if (m.key() == "sni") {
+        if (auto x = string(v, fp)) {
+          if (x->size() > 253) {
+            error(fp, "a server name is at most 253 bytes");
+          } else {
+            t->sni = *x;
+          }
+        }
+      } else {
+        unknown(fp, "caFile, verify, sni");
+      }
     }
   }
 
@@ -398,8 +541,10 @@ class Validator {
           uintInRange(m.value(), fp, 0, kMaxIdlePerWorker, "", &pc.maxIdlePerWorker);
         } else if (m.key() == "backends") {
           backends(m.value(), fp, &pc.backends);
+        } else if (m.key() == "tls") {
+          upstreamTls(m.value(), fp, &pc.tls);
         } else {
-          unknown(fp, "name, balance, maglevTableSize, maxIdlePerWorker, backends");
+          unknown(fp, "name, balance, maglevTableSize, maxIdlePerWorker, backends, tls");
         }
       }
       if (!sawName) error(join(pp, "name"), "missing required field");
@@ -963,6 +1108,7 @@ const char* toString(BalanceAlgorithm a) {
 const char* toString(ListenerProtocol p) {
   switch (p) {
     case ListenerProtocol::kHttp: return "http";
+    case ListenerProtocol::kHttps: return "https";
   }
   return "unknown";
 }

@@ -133,8 +133,10 @@ ratelimit::Rules buildRateLimitRules(const Config& config) {
   return out;
 }
 
-std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version,
-                                              std::shared_ptr<const waf::Engine> waf) {
+std::unique_ptr<const Snapshot> buildSnapshot(
+    const Config& config, uint64_t version, std::shared_ptr<const waf::Engine> waf,
+    std::vector<std::shared_ptr<const l7::TlsListener>> tlsListeners,
+    std::vector<std::shared_ptr<const l7::TlsUpstream>> tlsPools) {
   auto snap = std::make_unique<Snapshot>();
   snap->version = version;
   snap->config = config;
@@ -175,6 +177,20 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
   }
   snap->rateLimit = buildRateLimitRules(config);
   snap->waf = std::move(waf);
+  tlsListeners.resize(config.listeners.size());
+  tlsPools.resize(config.pools.size());
+  for (size_t i = 0; i < config.listeners.size(); ++i) {
+    if (config.listeners[i].protocol == ListenerProtocol::kHttps && !tlsListeners[i]) {
+      throw std::runtime_error("listener " + config.listeners[i].name + " has no TLS contexts");
+    }
+  }
+  for (size_t i = 0; i < config.pools.size(); ++i) {
+    if (config.pools[i].tls.enabled && !tlsPools[i]) {
+      throw std::runtime_error("pool " + config.pools[i].name + " has no TLS contexts");
+    }
+  }
+  snap->tlsListeners = std::move(tlsListeners);
+  snap->tlsPools = std::move(tlsPools);
   // Specific host before any-host; within each, longest prefix first; ties
   // keep document order.
   std::stable_sort(snap->routes.begin(), snap->routes.end(),

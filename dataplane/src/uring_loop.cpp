@@ -39,7 +39,8 @@ struct Loop::Impl {
   uint32_t bufCount = 0;
   uint32_t bufSize = 0;
   uint32_t bufMask = 0;
-  std::vector<uint16_t> refs;  // holders per buffer
+  std::vector<uint16_t> refs;  // holders per buffer (provided, then local)
+  std::vector<int32_t> localFree;  // free local buffer ids (>= bufCount)
   uint64_t nowNs = 0;
   bool disabled = false;  // created with R_DISABLED; enabled by bindToThisThread
   LoopStats stats;
@@ -112,7 +113,10 @@ std::unique_ptr<Loop> Loop::create(const LoopOptions& opts, std::string& err) {
   impl->bufRingBytes = sizeof(io_uring_buf) * opts.bufferCount;
   void* ringMem = mmap(nullptr, impl->bufRingBytes, PROT_READ | PROT_WRITE,
                        MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-  impl->bufMemBytes = static_cast<size_t>(opts.bufferCount) * opts.bufferSize;
+  // Provided buffers first, then the local ones (acquireBuffer) in the same
+  // mapping, so bufferData is one multiply for both.
+  impl->bufMemBytes =
+      (static_cast<size_t>(opts.bufferCount) + opts.localBufferCount) * opts.bufferSize;
   void* dataMem = mmap(nullptr, impl->bufMemBytes, PROT_READ | PROT_WRITE,
                        MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (ringMem == MAP_FAILED || dataMem == MAP_FAILED) {
@@ -133,7 +137,11 @@ std::unique_ptr<Loop> Loop::create(const LoopOptions& opts, std::string& err) {
     err = std::string("io_uring_register_buf_ring: ") + strerror(-rc);
     return nullptr;
   }
-  impl->refs.assign(opts.bufferCount, 0);
+  impl->refs.assign(static_cast<size_t>(opts.bufferCount) + opts.localBufferCount, 0);
+  impl->localFree.reserve(opts.localBufferCount);
+  for (uint32_t i = opts.localBufferCount; i-- > 0;) {
+    impl->localFree.push_back(static_cast<int32_t>(opts.bufferCount + i));
+  }
   for (uint32_t i = 0; i < opts.bufferCount; ++i) {
     io_uring_buf_ring_add(impl->bufRing, impl->bufMem + static_cast<size_t>(i) * opts.bufferSize,
                           opts.bufferSize, static_cast<unsigned short>(i),
@@ -222,7 +230,22 @@ void Loop::releaseBuffer(int32_t bufferId) {
     return;
   }
   r = 0;
+  if (static_cast<uint32_t>(bufferId) >= impl_->bufCount) {
+    impl_->localFree.push_back(bufferId);
+    return;
+  }
   impl_->recycle(bufferId);
+}
+
+int32_t Loop::acquireBuffer() {
+  if (impl_->localFree.empty()) {
+    ++impl_->stats.localNoBuffers;
+    return -1;
+  }
+  const int32_t id = impl_->localFree.back();
+  impl_->localFree.pop_back();
+  impl_->refs[static_cast<size_t>(id)] = 1;
+  return id;
 }
 
 int Loop::runOnce(int timeoutMs) {

@@ -12,6 +12,15 @@
 // paused (its multishot receive cancelled) when its peer's send queue or its
 // own unparsed queue grows past a few buffers: that is the back-pressure.
 //
+// TLS (https listeners, pools with tls): the Endpoint carries a TlsConn.
+// Ciphertext received into a provided buffer is fed to OpenSSL and the buffer
+// released at once; the plaintext lands in local loop buffers (acquireBuffer)
+// that the receive queue holds exactly as it holds provided ones, so the
+// parser and the body forwarding do not know about TLS. On the send side the
+// plaintext queue (sq) is encrypted into a ciphertext queue (cq) of local
+// buffers that the socket sends; sq keeps its back-pressure role because only
+// a few buffers of ciphertext are produced ahead of the socket.
+//
 // Lifetime: a connection object is freed (returned to the worker's free list)
 // only when it is closed and none of its io_uring operations is in flight
 // (Endpoint::inflight == 0).
@@ -43,6 +52,7 @@
 #include "moat/ratelimit/rules.h"
 #include "moat/l7/http_parser.h"
 #include "moat/l7/proxy_protocol.h"
+#include "tls_conn.h"
 
 namespace moat::l7 {
 
@@ -59,6 +69,8 @@ constexpr size_t kMaxHeldBuffers = 8;
 // A send queue longer than this pauses the producer's receive.
 constexpr size_t kMaxQueuedSegments = 16;
 constexpr size_t kMaxIov = 16;
+// Ciphertext buffers produced ahead of the socket (TLS endpoints).
+constexpr size_t kMaxCipherSegments = 4;
 
 // FIFO with power-of-two capacity. Grows (allocates) only past its
 // high-water mark; objects are pooled, so steady state allocates nothing.
@@ -132,6 +144,13 @@ struct Endpoint {
   RingQueue<RecvChunk> rq;
   RingQueue<Segment> sq;
   int inflight = 0;
+  // TLS only: the session, the ciphertext queue the socket sends (sentOff
+  // then applies to cq, plainOff to sq), and whether close_notify is queued.
+  std::unique_ptr<TlsConn> tls;
+  RingQueue<Segment> cq;
+  uint32_t plainOff = 0;
+  bool tlsShut = false;
+  bool tlsFailed = false;  // fatal TLS error: the owner closes the connection
   iovec iov[kMaxIov];
   msghdr msg{};
 };
@@ -183,6 +202,7 @@ struct ClientConn {
   std::string rlHeaders;    // RateLimit fields for this response ("" = none)
   std::string assembly;     // head spanning several receive buffers
   std::string logMethod, logTarget, logHost, logRoute, requestId;
+  std::string tlsSubject;    // verified client certificate (mTLS), "" = none
   std::string logRateLimit;  // rule that refused (or would have, in dry run)
   std::string logWaf;        // "blocked:<id>" / "detected:<id>"
   NamedCounters* routeCounters = nullptr;  // per-worker, keyed by route name; never freed
@@ -218,6 +238,7 @@ struct BackendState {
   uint32_t idleCount = 0;   // length of `idle`
   IdleList idle;
   NamedCounters counters;
+  std::shared_ptr<const TlsUpstream> tls;  // pool speaks TLS to this backend; null = plain
 };
 
 template <class C>
@@ -476,11 +497,14 @@ struct Worker::Impl {
   }
 
   void releaseSegments(Endpoint& ep) {
-    while (!ep.sq.empty()) {
-      if (ep.sq.front().bid >= 0) loop->releaseBuffer(ep.sq.front().bid);
-      ep.sq.pop();
+    for (RingQueue<Segment>* q : {&ep.sq, &ep.cq}) {
+      while (!q->empty()) {
+        if (q->front().bid >= 0) loop->releaseBuffer(q->front().bid);
+        q->pop();
+      }
     }
     ep.sentOff = 0;
+    ep.plainOff = 0;
   }
 
   void resetEndpoint(Endpoint& ep) {
@@ -490,6 +514,64 @@ struct Worker::Impl {
     ep.fd = -1;
     ep.recvArmed = ep.cancelPending = ep.paused = ep.sendInFlight = ep.eof = false;
     ep.inflight = 0;
+    ep.tls.reset();
+    ep.tlsShut = ep.tlsFailed = false;
+  }
+
+  // Nothing left to send: no plaintext queued and, with TLS, no ciphertext.
+  static bool drained(const Endpoint& ep) { return ep.sq.empty() && ep.cq.empty(); }
+
+  // TLS: moves the session's pending output (handshake messages, alerts,
+  // records) into local buffers on cq. False when no buffer was free (the
+  // rest stays in the session; the next flush retries).
+  bool tlsTakeOut(Endpoint& ep) {
+    TlsConn& t = *ep.tls;
+    while (t.pendingOut() > 0) {
+      const int32_t bid = loop->acquireBuffer();
+      if (bid < 0) return false;
+      char* p = loop->bufferData(bid);
+      const size_t n = t.takeOut(p, loop->bufferSize());
+      ep.cq.push(Segment{p, static_cast<uint32_t>(n), bid});
+    }
+    return true;
+  }
+
+  // TLS: encrypts queued plaintext while the ciphertext queue is short.
+  // False on a fatal TLS error (t.error() says which).
+  bool tlsEncrypt(Endpoint& ep) {
+    TlsConn& t = *ep.tls;
+    while (!ep.sq.empty() && ep.cq.size() < kMaxCipherSegments) {
+      Segment& seg = ep.sq.front();
+      const int n = t.write(seg.data + ep.plainOff, seg.len - ep.plainOff);
+      if (n == TlsConn::kError) return false;
+      if (n == 0) break;  // handshake still running
+      ep.plainOff += static_cast<uint32_t>(n);
+      if (ep.plainOff == seg.len) {
+        if (seg.bid >= 0) loop->releaseBuffer(seg.bid);
+        ep.sq.pop();
+        ep.plainOff = 0;
+      }
+      if (!tlsTakeOut(ep)) return true;
+    }
+    tlsTakeOut(ep);
+    return true;
+  }
+
+  // TLS: decrypts what the session holds into local buffers on rq. Returns
+  // false on a fatal TLS error; sets eof on the peer's close_notify.
+  bool tlsDecrypt(Endpoint& ep) {
+    for (;;) {
+      const int32_t bid = loop->acquireBuffer();
+      if (bid < 0) return true;  // retried on the next receive or turn
+      const int n = ep.tls->read(loop->bufferData(bid), loop->bufferSize());
+      if (n > 0) {
+        ep.rq.push(RecvChunk{bid, 0, static_cast<uint32_t>(n)});
+        continue;
+      }
+      loop->releaseBuffer(bid);
+      if (n == TlsConn::kClosed) ep.eof = true;
+      return n != TlsConn::kError;
+    }
   }
 
   void queue(Endpoint& ep, const char* data, size_t len, int32_t bid) {
@@ -498,11 +580,17 @@ struct Worker::Impl {
     ep.sq.push(Segment{data, static_cast<uint32_t>(len), bid});
   }
 
+  // Sends what is queued (one send in flight at a time). With TLS, first
+  // encrypts plaintext into cq; a TLS failure there is left for the owner
+  // to see (TlsConn::error() non-empty, tlsFailed()).
   void flush(Endpoint& ep) {
-    if (ep.sendInFlight || ep.sq.empty() || ep.fd < 0) return;
-    size_t n = ep.sq.size() < kMaxIov ? ep.sq.size() : kMaxIov;
+    if (ep.fd < 0) return;
+    if (ep.tls != nullptr && !tlsEncrypt(ep)) ep.tlsFailed = true;
+    RingQueue<Segment>& q = ep.tls != nullptr ? ep.cq : ep.sq;
+    if (ep.sendInFlight || q.empty()) return;
+    size_t n = q.size() < kMaxIov ? q.size() : kMaxIov;
     for (size_t i = 0; i < n; ++i) {
-      Segment& s = ep.sq.at(i);
+      Segment& s = q.at(i);
       uint32_t off = i == 0 ? ep.sentOff : 0;
       ep.iov[i].iov_base = const_cast<char*>(s.data + off);
       ep.iov[i].iov_len = s.len - off;
@@ -517,14 +605,15 @@ struct Worker::Impl {
 
   // Consumes `res` sent bytes from the send queue.
   void sent(Endpoint& ep, size_t res) {
-    while (res > 0 && !ep.sq.empty()) {
-      Segment& s = ep.sq.front();
+    RingQueue<Segment>& q = ep.tls != nullptr ? ep.cq : ep.sq;
+    while (res > 0 && !q.empty()) {
+      Segment& s = q.front();
       size_t avail = s.len - ep.sentOff;
       if (res >= avail) {
         res -= avail;
         ep.sentOff = 0;
         if (s.bid >= 0) loop->releaseBuffer(s.bid);
-        ep.sq.pop();
+        q.pop();
       } else {
         ep.sentOff += static_cast<uint32_t>(res);
         res = 0;
@@ -598,18 +687,27 @@ struct Worker::Impl {
     std::unordered_map<std::string, bool> live;
     for (auto& [key, st] : backends) st->maxIdle = 0;
     for (size_t p = 0; p < s->pools.size(); ++p) {
+      const std::shared_ptr<const TlsUpstream>& tls =
+          p < s->tlsPools.size() ? s->tlsPools[p] : std::shared_ptr<const TlsUpstream>();
       for (const auto& b : s->pools[p].backends) {
-        auto& st = backends[b.key];
+        // A TLS pool's connections are its own: keyed apart from plain ones.
+        const std::string mapKey = tls ? "tls:" + s->pools[p].name + "/" + b.key : b.key;
+        auto& st = backends[mapKey];
         if (!st) {
           st = std::make_unique<BackendState>();
           st->key = b.key;
           st->addr = b.addr;
           st->addrLen = b.addrLen;
         }
+        if (st->tls != tls) {
+          // New TLS settings (a reload): pooled connections used the old ones.
+          while (!st->idle.empty()) closeUpstream(&st->idle.front());
+          st->tls = tls;
+        }
         st->weight = b.weight;
         st->maxIdle = std::max(st->maxIdle, cfg.pools[p].maxIdlePerWorker);
         poolBackends[p].push_back(st.get());
-        live[b.key] = true;
+        live[mapKey] = true;
       }
     }
     // Backends no longer configured: close their idle connections; requests
@@ -861,7 +959,7 @@ struct Worker::Impl {
       cc->state = ClientConn::State::kClosing;
       pauseRecv(cc->ep);
       disarmTimer(cc);
-      if (cc->ep.sq.empty()) closeClient(cc);
+      closeWhenDrained(cc);
     } else {
       cc->state = ClientConn::State::kReadingHead;
       // The error body lives in respHeadOut: wait for it to be sent before
@@ -932,6 +1030,19 @@ struct Worker::Impl {
       closeClient(cc);
       return;
     }
+    if (listener < snap->tlsListeners.size() && snap->tlsListeners[listener] != nullptr) {
+      cc->ep.tls = TlsConn::server(snap->tlsListeners[listener], opts.index);
+      if (cc->ep.tls == nullptr) {
+        ++c.tlsHandshakeErrors;
+        closeClient(cc);
+        return;
+      }
+      cc->tlsSubject.clear();
+      // The handshake and the first request head share the header timeout.
+      armRecv(cc->ep);
+      armTimer(cc, TimerKind::kClientHeader, snap->config.timeouts.requestHeaderMs);
+      return;
+    }
     armRecv(cc->ep);
     armTimer(cc, TimerKind::kClientIdle, snap->config.timeouts.idleMs);
   }
@@ -947,6 +1058,13 @@ struct Worker::Impl {
     if (ev.bufferId >= 0) {
       if (closed || ev.res <= 0) {
         loop->releaseBuffer(ev.bufferId);
+      } else if (ep.tls != nullptr) {
+        // Ciphertext: into the session, buffer back to the kernel at once.
+        ep.tls->feed(loop->bufferData(ev.bufferId), static_cast<size_t>(ev.res));
+        loop->releaseBuffer(ev.bufferId);
+        if (bytesIn != nullptr) *bytesIn += static_cast<uint64_t>(ev.res);
+        if (!tlsDecrypt(ep)) ep.tlsFailed = true;
+        flush(ep);  // handshake replies, session tickets, alerts
       } else {
         ep.rq.push(RecvChunk{ev.bufferId, 0, static_cast<uint32_t>(ev.res)});
         if (bytesIn != nullptr) *bytesIn += static_cast<uint64_t>(ev.res);
@@ -966,6 +1084,7 @@ struct Worker::Impl {
       return;
     }
     w->c.bytesIn += cc->reqBytesIn - before;
+    if (cc->ep.tls != nullptr && !w->tlsClientProgress(cc)) return;
     if (ev.res < 0 && ev.res != -ECANCELED && ev.res != -ENOBUFS) {
       // Connection reset or similar: nothing can be answered.
       if (cc->state == ClientConn::State::kProxying) ++w->c.clientAborts;
@@ -980,6 +1099,52 @@ struct Worker::Impl {
       }
     }
     w->processClient(cc);
+  }
+
+  // After TLS input on a client connection: counts a completed handshake
+  // (and takes the verified client certificate), or ends the connection on
+  // a fatal TLS error after sending whatever alert the session produced.
+  // Returns false when the connection is closing.
+  bool tlsClientProgress(ClientConn* cc) {
+    TlsConn& t = *cc->ep.tls;
+    if (cc->ep.tlsFailed) {
+      if (!t.handshakeDone()) {
+        ++c.tlsHandshakeErrors;
+      } else {
+        ++c.tlsErrors;
+      }
+      if (snap->config.logging.level == control::LogLevel::kDebug) {
+        std::fprintf(stderr, "moatd debug: TLS from %s failed: %s\n", cc->ip, t.error().c_str());
+      }
+      cc->state = ClientConn::State::kClosing;
+      cc->closeAfterFlush = true;
+      cc->ep.tlsShut = true;  // no close_notify after a fatal alert
+      pauseRecv(cc->ep);
+      disarmTimer(cc);
+      if (cc->up != nullptr) closeUpstream(cc->up);
+      releaseBackend(cc);
+      if (drained(cc->ep) || cc->ep.fd < 0) closeClient(cc);
+      return false;
+    }
+    if (t.takeHandshakeEvent()) {
+      ++c.tlsHandshakes;
+      if (t.resumed()) ++c.tlsResumed;
+      cc->tlsSubject = t.peerSubject();
+      if (!cc->tlsSubject.empty()) ++c.tlsClientCerts;
+    }
+    return true;
+  }
+
+  // Closes a connection that is done once everything queued is sent; with
+  // TLS, after a close_notify alert.
+  void closeWhenDrained(ClientConn* cc) {
+    if (!cc->ep.sq.empty()) return;
+    if (cc->ep.tls != nullptr && !cc->ep.tlsShut && cc->ep.tls->handshakeDone()) {
+      cc->ep.tlsShut = true;
+      cc->ep.tls->shutdown();
+      flush(cc->ep);
+    }
+    if (drained(cc->ep)) closeClient(cc);
   }
 
   static void onClientSend(Completion* comp, const IoEvent& ev) {
@@ -998,8 +1163,8 @@ struct Worker::Impl {
     }
     w->sent(cc->ep, static_cast<size_t>(ev.res));
     w->flush(cc->ep);
-    if (cc->ep.sq.empty() && cc->closeAfterFlush) {
-      w->closeClient(cc);
+    if (cc->closeAfterFlush) {
+      w->closeWhenDrained(cc);
       return;
     }
     if (cc->up != nullptr && cc->ep.sq.size() < kMaxQueuedSegments / 2) {
@@ -1214,6 +1379,13 @@ struct Worker::Impl {
 
     // Rewritten head: hop-by-hop fields dropped, forwarding fields set.
     connTokens.collect(h);
+    // mTLS listeners pass the verified client subject in their header and
+    // drop any copy the client sent.
+    std::string_view subjectHeader;
+    if (cc->ep.tls != nullptr && cc->listener < snap->config.listeners.size()) {
+      const auto& ca = snap->config.listeners[cc->listener].tls.clientAuth;
+      if (!ca.caFile.empty()) subjectHeader = ca.subjectHeader;
+    }
     std::string& o = cc->reqHeadOut;
     o.clear();
     o.append(h.method).append(" ").append(h.target);
@@ -1228,7 +1400,11 @@ struct Worker::Impl {
         continue;
       }
       if (isDroppedRequestHeader(f.name) || connTokens.contains(h, f.name)) continue;
+      if (!subjectHeader.empty() && iequals(f.name, subjectHeader)) continue;  // only ours
       o.append(f.name).append(": ").append(f.value).append("\r\n");
+    }
+    if (!subjectHeader.empty() && !cc->tlsSubject.empty()) {
+      o.append(subjectHeader).append(": ").append(cc->tlsSubject).append("\r\n");
     }
     o.append("X-Forwarded-For: ");
     if (multipleXff) {
@@ -1238,7 +1414,8 @@ struct Worker::Impl {
     } else if (!priorXff.empty()) {
       o.append(priorXff).append(", ");
     }
-    o.append(cc->ip).append("\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    o.append(cc->ip).append(cc->ep.tls != nullptr ? "\r\nX-Forwarded-Proto: https\r\nX-Request-Id: "
+                                                  : "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
     o.append(cc->requestId).append("\r\n\r\n");
     consume(cc->ep, h.headBytes);
 
@@ -1504,6 +1681,19 @@ struct Worker::Impl {
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       u = allocUpstream();
       u->ep.fd = fd;
+      if (b->tls != nullptr) {
+        u->ep.tls = TlsConn::client(b->tls, opts.index, b->addr);
+        if (u->ep.tls == nullptr) {
+          ::close(fd);
+          u->ep.fd = -1;
+          u->closed = true;
+          maybeFreeUpstream(u);
+          ++c.upstreamTlsErrors;
+          ++b->counters.errors;
+          sendError(cc, 502, "backend " + b->key + ": TLS session could not be created", false);
+          return false;
+        }
+      }
       u->backend = b;
       u->client = cc;
       u->connecting = true;
@@ -1610,6 +1800,15 @@ struct Worker::Impl {
     if (!w->recvEvent(u->ep, ev, u->closed, nullptr)) {
       w->maybeFreeUpstream(u);
       return;
+    }
+    if (u->ep.tls != nullptr) {
+      if (u->ep.tlsFailed) {
+        ++w->c.upstreamTlsErrors;
+        w->upstreamFailed(u, "TLS to backend " + u->backend->key + " failed: " + u->ep.tls->error(),
+                          false);
+        return;
+      }
+      if (u->ep.tls->takeHandshakeEvent()) ++w->c.upstreamTlsHandshakes;
     }
     if (ev.res < 0 && ev.res != -ECANCELED && ev.res != -ENOBUFS) {
       w->upstreamFailed(u, std::string("backend ") + u->backend->key + " failed: " +
@@ -1773,7 +1972,7 @@ struct Worker::Impl {
         account(cc, cc->status);
         releaseBackend(cc);
         cc->state = ClientConn::State::kClosing;
-        if (cc->ep.sq.empty()) closeClient(cc);
+        closeWhenDrained(cc);
         return;
       }
     }
@@ -1814,7 +2013,7 @@ struct Worker::Impl {
     if (!cc->reqDone || !cc->keepAlive || stopping) {
       cc->closeAfterFlush = true;
       cc->state = ClientConn::State::kClosing;
-      if (cc->ep.sq.empty()) closeClient(cc);
+      closeWhenDrained(cc);
       return;
     }
     cc->state = ClientConn::State::kReadingHead;
@@ -1849,6 +2048,11 @@ struct Worker::Impl {
       return;
     }
     ++c.clientTimeouts;
+    if (cc->ep.tls != nullptr && !cc->ep.tls->handshakeDone()) {
+      ++c.tlsHandshakeErrors;  // no TLS session to carry a 408 in
+      closeClient(cc);
+      return;
+    }
     cc->reqDone = false;
     sendError(cc, 408, k == TimerKind::kClientHeader ? "request header timeout"
                                                      : "request body timeout", true);

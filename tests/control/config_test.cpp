@@ -281,8 +281,72 @@ TEST(ConfigUnknown, TopLevel) {
 }
 
 TEST(ConfigUnknown, Listener) {
-  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80, "tls": true}]})",
-              "listeners[0].tls", "unknown field");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80, "ssl": true}]})",
+              "listeners[0].ssl", "unknown field");
+}
+
+// ---- TLS -----------------------------------------------------------------------
+
+TEST(ConfigTls, HttpsListenerParses) {
+  ConfigResult r = parseConfig(R"({"listeners": [{"address": "127.0.0.1", "port": 443,
+      "protocol": "https", "tls": {"certificates": [{"cert": "/c.pem", "key": "/k.pem",
+      "ocsp": "/o.der"}], "minVersion": "1.2", "alpn": ["http/1.1"], "sessionTickets": false,
+      "ticketRotateS": 600, "clientAuth": {"caFile": "/ca.pem", "required": false,
+      "subjectHeader": "X-Client-DN"}}}]})");
+  ASSERT_TRUE(r.errors.empty()) << r.errors[0].toString();
+  const ListenerConfig& l = r.config->listeners[0];
+  EXPECT_EQ(l.protocol, ListenerProtocol::kHttps);
+  ASSERT_EQ(l.tls.certificates.size(), 1u);
+  EXPECT_EQ(l.tls.certificates[0].ocsp, "/o.der");
+  EXPECT_TRUE(l.tls.allowTls12);
+  EXPECT_FALSE(l.tls.sessionTickets);
+  EXPECT_EQ(l.tls.ticketRotateS, 600u);
+  EXPECT_FALSE(l.tls.clientAuth.required);
+  EXPECT_EQ(l.tls.clientAuth.subjectHeader, "x-client-dn");  // compared lowercase
+}
+
+TEST(ConfigTls, HttpsNeedsCertificates) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 443, "protocol": "https"}]})",
+              "listeners[0].tls", "required for protocol \"https\"");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 443, "protocol": "https",
+      "tls": {"certificates": []}}]})",
+              "listeners[0].tls.certificates", "at least one certificate is required");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 443, "protocol": "https",
+      "tls": {"certificates": [{"cert": "/c.pem"}]}}]})",
+              "listeners[0].tls.certificates[0].key", "missing required field");
+}
+
+TEST(ConfigTls, TlsOnlyOnHttps) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80,
+      "tls": {"certificates": [{"cert": "/c.pem", "key": "/k.pem"}]}}]})",
+              "listeners[0].tls", "only for protocol \"https\"");
+}
+
+TEST(ConfigTls, OldVersionsAndOtherProtocolsRefused) {
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 443, "protocol": "https",
+      "tls": {"certificates": [{"cert": "/c.pem", "key": "/k.pem"}], "minVersion": "1.1"}}]})",
+              "listeners[0].tls.minVersion", "TLS 1.0 and 1.1 are not offered");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 443, "protocol": "https",
+      "tls": {"certificates": [{"cert": "/c.pem", "key": "/k.pem"}], "alpn": ["h2"]}}]})",
+              "listeners[0].tls.alpn[0]", "not a protocol this listener speaks");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 443, "protocol": "https",
+      "tls": {"certificates": [{"cert": "/c.pem", "key": "/k.pem"}],
+      "clientAuth": {"required": true}}}]})",
+              "listeners[0].tls.clientAuth.caFile", "missing required field");
+}
+
+TEST(ConfigTls, PoolTls) {
+  ConfigResult r = parseConfig(doc(pool(
+      R"({"name": "p", "tls": {"caFile": "/ca.pem", "sni": "b.test", "verify": false}})")));
+  ASSERT_TRUE(r.errors.empty()) << r.errors[0].toString();
+  EXPECT_TRUE(r.config->pools[0].tls.enabled);
+  EXPECT_FALSE(r.config->pools[0].tls.verify);
+  EXPECT_EQ(r.config->pools[0].tls.sni, "b.test");
+  ConfigResult plain = parseConfig(doc(pool(R"({"name": "p"})")));
+  ASSERT_TRUE(plain.errors.empty());
+  EXPECT_FALSE(plain.config->pools[0].tls.enabled);
+  expectError(doc(pool(R"({"name": "p", "tls": {"ca": "/ca.pem"}})")), "pools[0].tls.ca",
+              "unknown field");
 }
 
 TEST(ConfigUnknown, Pool) {
@@ -388,8 +452,8 @@ TEST(ConfigEnum, UnknownBalance) {
 }
 
 TEST(ConfigEnum, UnknownProtocol) {
-  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80, "protocol": "https"}]})",
-              "listeners[0].protocol", "unknown protocol \"https\" (allowed: http)");
+  expectError(R"({"listeners": [{"address": "127.0.0.1", "port": 80, "protocol": "h2"}]})",
+              "listeners[0].protocol", "unknown protocol \"h2\" (allowed: http, https)");
 }
 
 TEST(ConfigEnum, UnknownLogLevel) {

@@ -14,7 +14,50 @@
 
 namespace moat::control {
 
-enum class ListenerProtocol : uint8_t { kHttp };
+enum class ListenerProtocol : uint8_t { kHttp, kHttps };
+
+// One certificate of an https listener. SNI names come from the
+// certificate's subjectAltName DNS entries (its CN when it has none).
+struct TlsCertificateConfig {
+  std::string cert;  // PEM: leaf first, then its chain
+  std::string key;   // PEM private key matching the leaf
+  std::string ocsp;  // DER OCSP response to staple, re-read when it changes; "" = none
+  bool operator==(const TlsCertificateConfig&) const = default;
+};
+
+// Client-certificate verification (mTLS) on an https listener.
+struct TlsClientAuthConfig {
+  std::string caFile;   // PEM CAs that client certificates must chain to; "" = off
+  bool required = true;  // false: a client without a certificate is let in
+  // Request header carrying the verified subject (RFC 2253) to the backend;
+  // any value the client sent in it is removed. "" = not passed on.
+  std::string subjectHeader = "x-client-cert-subject";  // lowercase
+  bool operator==(const TlsClientAuthConfig&) const = default;
+};
+
+// TLS termination for an https listener (see docs/TLS.md).
+struct TlsListenerConfig {
+  std::vector<TlsCertificateConfig> certificates;  // first = default certificate
+  bool allowTls12 = false;   // "minVersion": "1.3" (default) or "1.2"
+  std::string ciphersuites;  // TLS 1.3 suites, OpenSSL syntax; "" = OpenSSL's default
+  std::string ciphers;       // TLS 1.2 suites; "" = ECDHE with AEAD only
+  std::string groups = "X25519:P-256";
+  std::vector<std::string> alpn{"http/1.1"};
+  bool sessionTickets = true;
+  std::string ticketKeyFile;    // >= 32 bytes shared by instances; "" = random per start
+  uint32_t ticketRotateS = 3600;  // a ticket key encrypts for this long, decrypts for twice
+  TlsClientAuthConfig clientAuth;
+  bool operator==(const TlsListenerConfig&) const = default;
+};
+
+// TLS from the proxy to a pool's backends.
+struct UpstreamTlsConfig {
+  bool enabled = false;
+  std::string caFile;  // PEM CAs to verify backends against; "" = the system store
+  bool verify = true;  // false: any certificate is accepted (logged at start)
+  std::string sni;     // server name sent and verified; "" = none, verify the IP
+  bool operator==(const UpstreamTlsConfig&) const = default;
+};
 enum class BalanceAlgorithm : uint8_t { kRoundRobin, kLeastConnections, kMaglev };
 enum class LogLevel : uint8_t { kDebug, kInfo, kWarn, kError };
 
@@ -26,6 +69,7 @@ struct ListenerConfig {
   // Expect a PROXY protocol v1/v2 header first on every connection; accepted
   // only from rateLimit.trustedProxies (others are closed and counted).
   bool proxyProtocol = false;
+  TlsListenerConfig tls;  // protocol https only
 };
 
 struct BackendConfig {
@@ -39,6 +83,7 @@ struct PoolConfig {
   BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
   uint32_t maglevTableSize = 65537;  // prime, only used by kMaglev
   uint32_t maxIdlePerWorker = 64;    // idle keep-alive connections kept per backend per worker
+  UpstreamTlsConfig tls;             // "tls": {...} present = TLS to every backend
   std::vector<BackendConfig> backends;  // may be empty: requests get 503
 };
 

@@ -25,6 +25,10 @@
 namespace moat::waf {
 class Engine;  // moat/waf/engine.h; moat_control does not link the WAF
 }
+namespace moat::l7 {
+class TlsListener;  // moat/l7/tls.h; built by the app with the l7 library
+class TlsUpstream;
+}
 
 namespace moat::control {
 
@@ -66,6 +70,11 @@ struct Snapshot {
   // the control thread; reused across reloads that leave the waf section
   // unchanged. Immutable, read by every worker.
   std::shared_ptr<const waf::Engine> waf;
+  // TLS contexts per listener (null for http) and per pool (null without
+  // tls), built on the control thread from this config's files: a reload
+  // re-reads certificates and keys. Connections hold their own reference.
+  std::vector<std::shared_ptr<const l7::TlsListener>> tlsListeners;
+  std::vector<std::shared_ptr<const l7::TlsUpstream>> tlsPools;
 
   // Route for a request. `host` may carry a port and any case; no
   // allocation. Returns null when nothing matches.
@@ -77,8 +86,10 @@ ratelimit::Rules buildRateLimitRules(const Config& config);
 
 // Builds the runtime snapshot from a validated config. Throws
 // std::runtime_error only for conditions validation cannot see.
-std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version,
-                                              std::shared_ptr<const waf::Engine> waf = nullptr);
+std::unique_ptr<const Snapshot> buildSnapshot(
+    const Config& config, uint64_t version, std::shared_ptr<const waf::Engine> waf = nullptr,
+    std::vector<std::shared_ptr<const l7::TlsListener>> tlsListeners = {},
+    std::vector<std::shared_ptr<const l7::TlsUpstream>> tlsPools = {});
 
 class SnapshotPublisher {
  public:

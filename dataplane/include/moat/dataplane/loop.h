@@ -35,6 +35,10 @@ struct LoopOptions {
   uint32_t ringEntries = 4096;   // submission queue size
   uint32_t bufferCount = 4096;   // provided receive buffers (power of two)
   uint32_t bufferSize = 16384;   // bytes per provided buffer
+  // Buffers the owner fills itself (acquireBuffer), e.g. with plaintext that
+  // TLS decrypted; same size and id space as the provided ones. Memory is
+  // reserved at create() and touched only when used.
+  uint32_t localBufferCount = 4096;
 };
 
 struct LoopStats {
@@ -42,6 +46,7 @@ struct LoopStats {
   uint64_t completions = 0;       // CQEs dispatched
   uint64_t sqFullFlushes = 0;     // SQ filled up between turns and was flushed early
   uint64_t recvNoBuffers = 0;     // receives that found the buffer ring empty (-ENOBUFS)
+  uint64_t localNoBuffers = 0;    // acquireBuffer found every local buffer in use
 };
 
 class Loop {
@@ -80,7 +85,13 @@ class Loop {
   // Arms one read of 8 bytes on an eventfd (used to wake the loop).
   void readEventFd(int fd, uint64_t* value, Completion* c);
 
-  // Pointer to the bytes of a provided buffer (valid until released).
+  // Takes a free local buffer (one holder) for the owner to fill; it goes
+  // back to the local pool, not the kernel, on its last release. Returns -1
+  // when all are in use (counted in LoopStats::localNoBuffers): the caller
+  // retries after releasing some. O(1), no allocation.
+  int32_t acquireBuffer();
+
+  // Pointer to the bytes of a provided or local buffer (valid until released).
   char* bufferData(int32_t bufferId) const;
   uint32_t bufferSize() const;
   // Reference counting: a buffer may be held by the receive side (bytes not
@@ -104,8 +115,5 @@ class Loop {
   explicit Loop(Impl* impl);
   Impl* impl_;
 };
-
-// Monotonic clock in milliseconds (CLOCK_MONOTONIC_COARSE).
-uint64_t monotonicMs();
 
 }  // namespace moat::dataplane

@@ -68,7 +68,14 @@ namespace moat::l7 {
   X(wafBodyErrors, "waf_body_errors")        /* body the processor could not parse */   \
   X(wafBodyLimit, "waf_body_limit")          /* body over waf.requestBodyLimit */       \
   X(wafRuleMatches, "waf_rule_matches")      /* rules that matched (any action) */      \
-  X(wafAuditDropped, "waf_audit_dropped")    /* audit lines dropped: sink too slow */
+  X(wafAuditDropped, "waf_audit_dropped")    /* audit lines dropped: sink too slow */ \
+  X(tlsHandshakes, "tls_handshakes")         /* client handshakes completed */          \
+  X(tlsResumed, "tls_resumed")               /* of which resumed (session ticket) */    \
+  X(tlsHandshakeErrors, "tls_handshake_errors") /* refused or broken before the end */ \
+  X(tlsErrors, "tls_errors")                 /* fatal TLS errors after the handshake */ \
+  X(tlsClientCerts, "tls_client_certs")      /* verified client certificates (mTLS) */  \
+  X(upstreamTlsHandshakes, "upstream_tls_handshakes") /* TLS sessions to backends */    \
+  X(upstreamTlsErrors, "upstream_tls_errors") /* 502: backend TLS failed or unverified */
 
 struct ProxyCounters {
 #define MOAT_COUNTER_FIELD(field, name) uint64_t field = 0;
