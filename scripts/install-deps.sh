@@ -23,6 +23,8 @@ PKGS=(
   modsecurity-crs
   # tests and side-by-side benchmarks
   python3 python3-yaml curl haproxy nginx-light wrk iproute2 procps
+  # TLS tests: an external scanner checks the listener (tests/integration/test_tls.py)
+  sslscan ca-certificates
   # ModSecurity v3 for the WAF comparison harness (bench/waf/modsec_eval.cpp)
   libmodsecurity-dev
 )

@@ -194,8 +194,14 @@ struct WorkerTls {
     OcspSlot* ocsp;   // null: nothing to staple
   };
   const TlsListener::Impl* owner = nullptr;
-  std::vector<SSL_CTX*> ctxs;  // [0] = default
+  std::vector<SSL_CTX*> ctxs;  // [0] = default; owned
   std::vector<Leaf> leaves;
+  WorkerTls() = default;
+  WorkerTls(const WorkerTls&) = delete;
+  WorkerTls& operator=(const WorkerTls&) = delete;
+  ~WorkerTls() {
+    for (SSL_CTX* c : ctxs) SSL_CTX_free(c);
+  }
 };
 
 struct TlsListener::Impl {
@@ -208,12 +214,6 @@ struct TlsListener::Impl {
   std::vector<std::vector<std::string>> groupNames;
   std::vector<std::unique_ptr<OcspSlot>> ocsp;  // per certificate
   std::vector<std::unique_ptr<WorkerTls>> workers;
-
-  ~Impl() {
-    for (auto& w : workers) {
-      for (SSL_CTX* c : w->ctxs) SSL_CTX_free(c);
-    }
-  }
 
   uint32_t groupFor(std::string_view name) const {
     if (name.empty() || name.size() > 253) return 0;
@@ -277,8 +277,8 @@ int onOcspStatus(SSL* ssl, void* /*arg*/) {
 // Session tickets (RFC 5077 format as OpenSSL writes it): the key name is
 // the secret's tag plus the rotation period, so any worker (or instance with
 // the same secret) finds the keys by derivation. Returns 1 (use), 2 (use and
-// issue a fresh ticket: the key is from the previous period), 0 (unknown:
-// full handshake), -1 (error).
+// issue a fresh ticket: always on TLS 1.3, and for a key from the previous
+// period), 0 (unknown: full handshake), -1 (error).
 int onTicketKey(SSL* ssl, unsigned char keyName[16], unsigned char* iv, EVP_CIPHER_CTX* cctx,
                 EVP_MAC_CTX* hctx, int enc) {
   WorkerTls* w = workerOf(ssl);
@@ -292,7 +292,9 @@ int onTicketKey(SSL* ssl, unsigned char keyName[16], unsigned char* iv, EVP_CIPH
     uint64_t p = 0;
     for (int i = 0; i < 8; ++i) p = (p << 8) | keyName[8 + i];
     if (p == period) {
-      result = 1;
+      // TLS 1.3 clients should not reuse a ticket (RFC 8446 C.4): issue a
+      // fresh one on every resumption, as OpenSSL's own server does.
+      result = SSL_version(ssl) == TLS1_3_VERSION ? 2 : 1;
     } else if (p + 1 == period) {
       result = 2;
     } else {
