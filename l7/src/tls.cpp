@@ -193,14 +193,24 @@ struct WorkerTls {
     X509* leaf;       // owned by the context
     OcspSlot* ocsp;   // null: nothing to staple
   };
+  // Ticket keys of the last two rotation periods used, derived on first use
+  // (two HMACs; OpenSSL 3 fetches the algorithm on every EVP_Q_mac call).
+  struct TicketKeys {
+    uint64_t period = UINT64_MAX;
+    unsigned char aes[32];
+    unsigned char mac[32];
+  };
   const TlsListener::Impl* owner = nullptr;
   std::vector<SSL_CTX*> ctxs;  // [0] = default; owned
   std::vector<Leaf> leaves;
+  TicketKeys ticketKeys[2];
+  uint32_t ticketNext = 0;  // which slot a new period replaces
   WorkerTls() = default;
   WorkerTls(const WorkerTls&) = delete;
   WorkerTls& operator=(const WorkerTls&) = delete;
   ~WorkerTls() {
     for (SSL_CTX* c : ctxs) SSL_CTX_free(c);
+    OPENSSL_cleanse(ticketKeys, sizeof(ticketKeys));
   }
 };
 
@@ -282,7 +292,7 @@ int onOcspStatus(SSL* ssl, void* /*arg*/) {
 int onTicketKey(SSL* ssl, unsigned char keyName[16], unsigned char* iv, EVP_CIPHER_CTX* cctx,
                 EVP_MAC_CTX* hctx, int enc) {
   WorkerTls* w = workerOf(ssl);
-  if (w == nullptr) return -1;
+  if (w == nullptr) return -1;  // w: this worker's own state (thread-confined)
   const TlsListener::Impl& l = *w->owner;
   const uint64_t period = static_cast<uint64_t>(std::time(nullptr)) / l.cfg.ticketRotateS;
   uint64_t use = period;
@@ -302,14 +312,24 @@ int onTicketKey(SSL* ssl, unsigned char keyName[16], unsigned char* iv, EVP_CIPH
     }
     use = p;
   }
-  unsigned char aes[32];
-  unsigned char mac[32];
-  const std::string& secret = l.tickets->bytes();
-  if (!deriveKey(secret, "moat ticket aes", use, aes) || !deriveKey(secret, "moat ticket hmac", use, mac)) {
-    return -1;
+  WorkerTls::TicketKeys* keys = nullptr;
+  for (auto& k : w->ticketKeys) {
+    if (k.period == use) keys = &k;
   }
+  if (keys == nullptr) {
+    keys = &w->ticketKeys[w->ticketNext];
+    w->ticketNext ^= 1u;
+    const std::string& secret = l.tickets->bytes();
+    keys->period = UINT64_MAX;
+    if (!deriveKey(secret, "moat ticket aes", use, keys->aes) ||
+        !deriveKey(secret, "moat ticket hmac", use, keys->mac)) {
+      return -1;
+    }
+    keys->period = use;
+  }
+  unsigned char* aes = keys->aes;
   OSSL_PARAM params[3];
-  params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, mac, sizeof(mac));
+  params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, keys->mac, sizeof(keys->mac));
   params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0);
   params[2] = OSSL_PARAM_construct_end();
   if (enc == 1) {
@@ -321,8 +341,6 @@ int onTicketKey(SSL* ssl, unsigned char keyName[16], unsigned char* iv, EVP_CIPH
     if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, aes, iv) != 1) return -1;
   }
   if (EVP_MAC_CTX_set_params(hctx, params) != 1) return -1;
-  OPENSSL_cleanse(aes, sizeof(aes));
-  OPENSSL_cleanse(mac, sizeof(mac));
   return result;
 }
 
