@@ -151,6 +151,7 @@ struct Endpoint {
   uint32_t plainOff = 0;
   bool tlsShut = false;
   bool tlsFailed = false;  // fatal TLS error: the owner closes the connection
+  bool tlsStarved = false;  // plaintext left in the session: no local buffer was free
   iovec iov[kMaxIov];
   msghdr msg{};
 };
@@ -412,6 +413,9 @@ struct Worker::Impl {
   TimerList<UpstreamConn> upTimers[static_cast<size_t>(TimerKind::kCount)];
   std::vector<ClientConn*> starved;  // receive ran out of buffers; re-arm later
   std::vector<UpstreamConn*> starvedUp;
+  // TLS connections whose decrypted bytes found no free local buffer.
+  std::vector<ClientConn*> tlsStarvedClients;
+  std::vector<UpstreamConn*> tlsStarvedUps;
   RequestHead reqHead;
   ResponseHead respHead;
   ConnectionTokens connTokens;
@@ -515,7 +519,7 @@ struct Worker::Impl {
     ep.recvArmed = ep.cancelPending = ep.paused = ep.sendInFlight = ep.eof = false;
     ep.inflight = 0;
     ep.tls.reset();
-    ep.tlsShut = ep.tlsFailed = false;
+    ep.tlsShut = ep.tlsFailed = ep.tlsStarved = false;
   }
 
   // Nothing left to send: no plaintext queued and, with TLS, no ciphertext.
@@ -562,7 +566,10 @@ struct Worker::Impl {
   bool tlsDecrypt(Endpoint& ep) {
     for (;;) {
       const int32_t bid = loop->acquireBuffer();
-      if (bid < 0) return true;  // retried on the next receive or turn
+      if (bid < 0) {
+        ep.tlsStarved = true;  // the owner retries on a later turn (turn())
+        return true;
+      }
       const int n = ep.tls->read(loop->bufferData(bid), loop->bufferSize());
       if (n > 0) {
         ep.rq.push(RecvChunk{bid, 0, static_cast<uint32_t>(n)});
@@ -775,6 +782,7 @@ struct Worker::Impl {
     cc->reqDone = true;
     cc->respHeadDone = cc->respDone = cc->respStarted = false;
     cc->keepAlive = true;
+    cc->tlsSubject.clear();
     return cc;
   }
 
@@ -1085,6 +1093,10 @@ struct Worker::Impl {
     }
     w->c.bytesIn += cc->reqBytesIn - before;
     if (cc->ep.tls != nullptr && !w->tlsClientProgress(cc)) return;
+    if (cc->ep.tlsStarved) {
+      cc->ep.tlsStarved = false;
+      w->tlsStarvedClients.push_back(cc);
+    }
     if (ev.res < 0 && ev.res != -ECANCELED && ev.res != -ENOBUFS) {
       // Connection reset or similar: nothing can be answered.
       if (cc->state == ClientConn::State::kProxying) ++w->c.clientAborts;
@@ -1809,6 +1821,10 @@ struct Worker::Impl {
         return;
       }
       if (u->ep.tls->takeHandshakeEvent()) ++w->c.upstreamTlsHandshakes;
+      if (u->ep.tlsStarved) {
+        u->ep.tlsStarved = false;
+        w->tlsStarvedUps.push_back(u);
+      }
     }
     if (ev.res < 0 && ev.res != -ECANCELED && ev.res != -ENOBUFS) {
       w->upstreamFailed(u, std::string("backend ") + u->backend->key + " failed: " +
@@ -2106,11 +2122,47 @@ struct Worker::Impl {
     published.topOffenders = topOffenders.items();
   }
 
+  // Decrypts what TLS sessions kept for lack of a local buffer, now that
+  // the turn's completions have released some. A connection closed (and
+  // maybe reused) since is skipped: its session and flag were reset.
+  void retryTlsStarved() {
+    auto cs = std::move(tlsStarvedClients);
+    tlsStarvedClients.clear();
+    for (ClientConn* cc : cs) {
+      if (cc->closed || cc->ep.tls == nullptr) continue;
+      if (!tlsDecrypt(cc->ep)) cc->ep.tlsFailed = true;
+      flush(cc->ep);
+      if (!tlsClientProgress(cc)) continue;
+      if (cc->ep.tlsStarved) {
+        cc->ep.tlsStarved = false;
+        tlsStarvedClients.push_back(cc);
+      }
+      if (!cc->ep.rq.empty() || cc->ep.eof) processClient(cc);
+    }
+    auto us = std::move(tlsStarvedUps);
+    tlsStarvedUps.clear();
+    for (UpstreamConn* u : us) {
+      if (u->closed || u->ep.tls == nullptr) continue;
+      if (!tlsDecrypt(u->ep)) {
+        ++c.upstreamTlsErrors;
+        upstreamFailed(u, "TLS to backend " + u->backend->key + " failed: " + u->ep.tls->error(), false);
+        continue;
+      }
+      flush(u->ep);
+      if (u->ep.tlsStarved) {
+        u->ep.tlsStarved = false;
+        tlsStarvedUps.push_back(u);
+      }
+      if (u->client != nullptr && (!u->ep.rq.empty() || u->ep.eof)) processUpstream(u);
+    }
+  }
+
   void turn(int timeoutMs) {
     const control::Snapshot* s = opts.publisher->acquire(opts.index);
     if (s != snap) switchSnapshot(s);
     loop->runOnce(timeoutMs);
     expireTimers();
+    if (!tlsStarvedClients.empty() || !tlsStarvedUps.empty()) retryTlsStarved();
     if (!starved.empty() || !starvedUp.empty()) {
       auto cs = std::move(starved);
       starved.clear();

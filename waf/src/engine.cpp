@@ -958,6 +958,11 @@ struct TxState {
   // scans, 0 = not yet. Value ids are dense and per transaction.
   std::vector<uint32_t> scanSlot;
   size_t slotsDirty = 0;  // scanSlot[0, slotsDirty) may be non-zero
+  // byteClasses(value) + 1 per value id, 0 = not computed yet: a value goes
+  // through up to one chain per cached transformation chain, and each asks
+  // which transformations could change it. Cleared like scanSlot.
+  std::vector<uint32_t> vidClasses;
+  size_t vidClassesDirty = 0;
   // Values the current link matched, in order, with the captures each
   // produced; setvar replays once per entry (ModSecurity v3 semantics).
   // Entries and their strings are reused across links (capacity kept).
@@ -1354,8 +1359,14 @@ class Evaluator {
     if (s_.scansUsed == s_.scans.size()) s_.scans.emplace_back();
     ScanEntry& e = s_.scans[s_.scansUsed++];
     e.groupsUsed = 0;
+    if (vid >= s_.vidClasses.size()) s_.vidClasses.resize(size_t{s_.nextVid} + 64, 0);
+    uint32_t& cls = s_.vidClasses[vid];
+    if (cls == 0) {
+      cls = byteClasses(value) + 1;
+      s_.vidClassesDirty = std::max<size_t>(s_.vidClassesDirty, size_t{vid} + 1);
+    }
     std::string_view out =
-        applyTransforms(e_.chains[chainId], value, e_.map(), s_.tscratch);
+        applyTransforms(e_.chains[chainId], value, e_.map(), s_.tscratch, cls - 1);
     e.identity = out.data() == value.data() && out.size() == value.size();
     if (e.identity) {
       e.transformed.clear();
@@ -2239,6 +2250,8 @@ const Verdict& Transaction::evaluate(const Engine& engine, const RequestView& re
   // the largest request seen; clearing all of it cost a big memset a request).
   std::fill(s.scanSlot.begin(), s.scanSlot.begin() + static_cast<std::ptrdiff_t>(s.slotsDirty), 0u);
   s.slotsDirty = 0;
+  std::fill(s.vidClasses.begin(), s.vidClasses.begin() + static_cast<std::ptrdiff_t>(s.vidClassesDirty), 0u);
+  s.vidClassesDirty = 0;
   s.scansUsed = 0;
   s.removedIds.clear();
   s.removedTags.clear();

@@ -1217,52 +1217,82 @@ std::optional<UnicodeMap> UnicodeMap::load(const std::string& path, int codePage
   return map;
 }
 
-bool transformMayChange(Transform t, std::string_view in) {
-  // Branch-free passes without early exit, so the compiler vectorises them:
-  // values are short, and one vector pass beats a byte loop that stops early.
+namespace {
+
+enum : uint32_t {
+  kClsUpper = 1u << 0,      // 'A'..'Z'
+  kClsPctPlus = 1u << 1,    // '%' '+'
+  kClsAmp = 1u << 2,        // '&'
+  kClsBackslash = 1u << 3,  // '\\'
+  kClsNul = 1u << 4,        // 0
+  kClsHigh = 1u << 5,       // >= 0x80 (covers 0xa0 and 0xc2)
+  kClsCtrlWs = 1u << 6,     // '\t'..'\r'
+  kClsSpace = 1u << 7,      // ' '
+  kClsDoubleSpace = 1u << 8,  // "  "
+};
+
+constexpr std::array<uint8_t, 256> makeClassTable() {
+  std::array<uint8_t, 256> t{};
+  for (int c = 0; c < 256; ++c) {
+    uint32_t m = 0;
+    if (c >= 'A' && c <= 'Z') m |= kClsUpper;
+    if (c == '%' || c == '+') m |= kClsPctPlus;
+    if (c == '&') m |= kClsAmp;
+    if (c == '\\') m |= kClsBackslash;
+    if (c == 0) m |= kClsNul;
+    if (c >= 0x80) m |= kClsHigh;
+    if (c >= '\t' && c <= '\r') m |= kClsCtrlWs;
+    if (c == ' ') m |= kClsSpace;
+    t[static_cast<size_t>(c)] = static_cast<uint8_t>(m);
+  }
+  return t;
+}
+constexpr std::array<uint8_t, 256> kClassTable = makeClassTable();
+
+}  // namespace
+
+uint32_t byteClasses(std::string_view in) {
   const u8* p = reinterpret_cast<const u8*>(in.data());
   const size_t n = in.size();
-  const auto any = [&](auto pred) {
-    unsigned acc = 0;
-    for (size_t i = 0; i < n; ++i) acc |= pred(p[i]) ? 1u : 0u;
-    return acc != 0;
-  };
+  uint32_t m = 0;
+  uint32_t dbl = 0;
+  for (size_t i = 0; i < n; ++i) {
+    m |= kClassTable[p[i]];
+    dbl |= (i > 0 && p[i] == ' ' && p[i - 1] == ' ') ? 1u : 0u;
+  }
+  return m | (dbl != 0 ? uint32_t{kClsDoubleSpace} : 0u);
+}
+
+bool transformMayChangeClasses(Transform t, uint32_t c) {
   switch (t) {
     case Transform::kNone:
       return false;
     case Transform::kLowercase:
-      return any([](u8 c) { return static_cast<u8>(c - 'A') < 26; });
+      return (c & kClsUpper) != 0;
     case Transform::kUrlDecode:
     case Transform::kUrlDecodeUni:
-      return any([](u8 c) { return (c == '%') | (c == '+'); });
+      return (c & kClsPctPlus) != 0;
     case Transform::kHtmlEntityDecode:
-      return any([](u8 c) { return c == '&'; });
+      return (c & kClsAmp) != 0;
     case Transform::kJsDecode:
     case Transform::kCssDecode:
-      return any([](u8 c) { return c == '\\'; });
+      return (c & kClsBackslash) != 0;
     case Transform::kRemoveNulls:
     case Transform::kReplaceNulls:
-      return any([](u8 c) { return c == 0; });
+      return (c & kClsNul) != 0;
     case Transform::kUtf8ToUnicode:
-      return any([](u8 c) { return (c == 0) | (c >= 0x80); });
-    case Transform::kCompressWhitespace: {
-      // A change needs a non-' ' space byte or two ' ' in a row.
-      unsigned acc = 0;
-      for (size_t i = 0; i < n; ++i) {
-        const u8 c = p[i];
-        const bool ws = (c >= '\t') & (c <= '\r');
-        const bool dbl = (c == ' ') & (i > 0 && p[i - 1] == ' ');
-        acc |= (ws | dbl) ? 1u : 0u;
-      }
-      return acc != 0;
-    }
+      return (c & (kClsNul | kClsHigh)) != 0;
+    case Transform::kCompressWhitespace:
+      return (c & (kClsCtrlWs | kClsDoubleSpace)) != 0;
     case Transform::kRemoveWhitespace:
-      return any([](u8 c) {
-        return (c == ' ') | ((c >= '\t') & (c <= '\r')) | (c == 0xa0) | (c == 0xc2);
-      });
+      return (c & (kClsSpace | kClsCtrlWs | kClsHigh)) != 0;
     default:
       return true;
   }
+}
+
+bool transformMayChange(Transform t, std::string_view in) {
+  return transformMayChangeClasses(t, byteClasses(in));
 }
 
 bool applyTransform(Transform t, std::string_view in, std::string& out, const UnicodeMap* map) {

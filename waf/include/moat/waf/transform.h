@@ -136,6 +136,16 @@ bool applyTransform(Transform t, std::string_view in, std::string& out, const Un
 // are most steps on benign values. Thread-safe, no allocation.
 bool transformMayChange(Transform t, std::string_view in);
 
+// The same question asked of a summary of the value's bytes: byteClasses()
+// makes one pass over the value and records which kinds of byte it holds
+// (upper case, '%' or '+', '&', '\\', NUL, bytes >= 0x80, control
+// whitespace, "  "); transformMayChangeClasses() then answers for any
+// transformation without looking at the bytes again. A value scanned under
+// several transformation chains pays the pass once. Same answers as
+// transformMayChange, or more conservative (true). Thread-safe, no allocation.
+uint32_t byteClasses(std::string_view in);
+bool transformMayChangeClasses(Transform t, uint32_t classes);
+
 // Two buffers that a chain of transformations ping-pongs between. Keep one per
 // worker (or per request) and reuse it; it is not shareable between threads.
 struct TransformScratch {
@@ -150,17 +160,25 @@ struct TransformScratch {
 // tests. Returns the final value: `in` itself when no step changed anything,
 // else a view into `scratch`, valid until `scratch` is next used. Same cost and
 // failure notes as applyTransform; `in` must not point into `scratch`.
+// `inClasses`: byteClasses(in) when the caller has it (kClassesUnknown
+// otherwise); the classes of each changed value are computed afresh.
+inline constexpr uint32_t kClassesUnknown = UINT32_MAX;
+
 template <typename OnChanged>
 std::string_view applyTransforms(std::span<const Transform> chain, std::string_view in,
                                  const UnicodeMap* map, TransformScratch& scratch,
-                                 OnChanged&& onChanged) {
+                                 OnChanged&& onChanged, uint32_t inClasses = kClassesUnknown) {
   std::string_view current = in;
+  uint32_t classes = inClasses;
   std::string* next = &scratch.a;
   std::string* spare = &scratch.b;
   for (Transform t : chain) {
-    if (t == Transform::kNone || !transformMayChange(t, current)) continue;
+    if (t == Transform::kNone) continue;
+    if (classes == kClassesUnknown) classes = byteClasses(current);
+    if (!transformMayChangeClasses(t, classes)) continue;
     if (applyTransform(t, current, *next, map)) {
       current = *next;
+      classes = kClassesUnknown;
       onChanged(t, current);
       std::swap(next, spare);  // never write into the buffer `current` views
     }
@@ -169,8 +187,9 @@ std::string_view applyTransforms(std::span<const Transform> chain, std::string_v
 }
 
 inline std::string_view applyTransforms(std::span<const Transform> chain, std::string_view in,
-                                        const UnicodeMap* map, TransformScratch& scratch) {
-  return applyTransforms(chain, in, map, scratch, [](Transform, std::string_view) {});
+                                        const UnicodeMap* map, TransformScratch& scratch,
+                                        uint32_t inClasses = kClassesUnknown) {
+  return applyTransforms(chain, in, map, scratch, [](Transform, std::string_view) {}, inClasses);
 }
 
 }  // namespace moat::waf
