@@ -125,6 +125,38 @@ def start_proxy(name, tmp, port, backend_port):
     return p
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        return "unknown"
+
+
+def write_section(marker, section):
+    """Replaces the docs/BENCHMARKS.md section starting with `marker` (up to
+    the next "## " heading) by `section`, or appends it."""
+    path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+    head = ("# Moat benchmarks\n\nEvery figure here was produced by the command shown beside it, with the "
+            "peers measured in the same run. Machines are shared and noisy: compare ratios, not absolute "
+            "numbers.\n\n")
+    body = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            body = f.read()
+    if not body.startswith("# Moat benchmarks"):
+        body = head
+    if marker in body:
+        start = body.index(marker)
+        nxt = body.find("\n## ", start + 1)
+        body = body[:start] + section + ("\n" + body[nxt + 1:] if nxt != -1 else "")
+    else:
+        body = body.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(body)
+    print(f"wrote {path}")
+
+
 def version(cmd):
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -211,12 +243,7 @@ def main():
     table = "\n".join(lines)
     print(table)
     if a.write:
-        cpu = "unknown"
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
-        except (OSError, AttributeError):
-            pass
+        cpu = cpu_model()
         section = f"""## L7 HTTP/1.1 keep-alive: Moat vs HAProxy vs NGINX
 
 Command: `bench/l7_compare.py --rounds {a.rounds} --duration {a.duration} --connections {a.connections} --write`
@@ -235,24 +262,7 @@ default rule's code path) at a limit wrk cannot reach, so every request pays the
 
 {table}
 """
-        path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-        head = "# Moat benchmarks\n\nEvery figure here was produced by the command shown beside it, with the peers measured in the same run. Machines are shared and noisy: compare ratios, not absolute numbers.\n\n"
-        body = ""
-        if os.path.exists(path):
-            with open(path) as f:
-                body = f.read()
-        if not body.startswith("# Moat benchmarks"):
-            body = head
-        marker = "## L7 HTTP/1.1 keep-alive"
-        if marker in body:
-            start = body.index(marker)
-            nxt = body.find("\n## ", start + 1)
-            body = body[:start] + section + (body[nxt + 1:] if nxt != -1 else "")
-        else:
-            body = body.rstrip("\n") + "\n\n" + section
-        with open(path, "w") as f:
-            f.write(body)
-        print(f"wrote {path}")
+        write_section("## L7 HTTP/1.1 keep-alive", section)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
-from l7_compare import MOATD, TICK, cpu_ticks, free_port, render, version, wait_port  # noqa: E402
+from l7_compare import (MOATD, TICK, cpu_model, cpu_ticks, free_port, render, version,  # noqa: E402
+                        wait_port, write_section)
 import tls_pki  # noqa: E402
 
 PROXIES = ("haproxy", "moat")
@@ -305,12 +306,7 @@ def main():
     print(table)
 
     if a.write:
-        cpu = "unknown"
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
-        except (OSError, AttributeError):
-            pass
+        cpu = cpu_model()
         section = f"""## TLS: Moat vs HAProxy
 
 Command: `bench/tls_compare.py --rounds {a.rounds} --duration {a.duration} --clients {a.clients} --connections {a.connections} --write`
@@ -336,26 +332,7 @@ socket by both proxies alike.
 
 {table}
 """
-        path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-        head = ("# Moat benchmarks\n\nEvery figure here was produced by the command shown beside it, with the "
-                "peers measured in the same run. Machines are shared and noisy: compare ratios, not absolute "
-                "numbers.\n\n")
-        body = ""
-        if os.path.exists(path):
-            with open(path) as f:
-                body = f.read()
-        if not body.startswith("# Moat benchmarks"):
-            body = head
-        marker = "## TLS: Moat vs HAProxy"
-        if marker in body:
-            start = body.index(marker)
-            nxt = body.find("\n## ", start + 1)
-            body = body[:start] + section + ("\n" + body[nxt + 1:] if nxt != -1 else "")
-        else:
-            body = body.rstrip("\n") + "\n\n" + section
-        with open(path, "w") as f:
-            f.write(body)
-        print(f"wrote {path}")
+        write_section("## TLS: Moat vs HAProxy", section)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
