@@ -1,18 +1,25 @@
 // moatd: the Moat appliance.
 //
 //   moatd                     run on the embedded default config
-//   moatd --config FILE       run on FILE (SIGHUP re-reads it)
+//   moatd --config FILE       run on FILE (SIGHUP applies it again as a new version)
 //   moatd --check FILE        validate FILE, print every error, exit
 //   moatd --print-default-config
 //
-// Threads: the main thread owns configuration (load, validate, build and
-// publish snapshots, reclaim old ones) and signals; one worker thread per
-// configured worker runs the proxy. Signals are blocked in every thread and
-// taken synchronously by the main thread.
+// Threads: the main thread is the control plane: it owns configuration
+// (validate, build and publish snapshots, persist versions), serves the
+// admin REST API (poll-driven, docs/CONTROL_API.md), follows health checks
+// and geo files, and takes signals through a signalfd. The health checker
+// has its own thread; one worker thread per configured worker runs the
+// proxy. Signals are blocked in every thread.
 #include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,62 +27,43 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "admin_api.h"
+#include "appliance.h"
+#include "moat/control/admin_server.h"
 #include "moat/control/config.h"
+#include "moat/control/config_json.h"
 #include "moat/control/snapshot.h"
+#include "moat/control/state_store.h"
 #include "moat/l7/proxy.h"
 #include "moat/l7/tls.h"
 #include "moat/ratelimit/limiter.h"
 #include "moat/waf/engine.h"
 
 using namespace moat;
+using app::logLine;
 
 namespace {
 
-// Minimum level printed: 0 debug, 1 info, 2 warn, 3 error (config logging.level).
-int gLogLevel = 1;
-
-int levelRank(const char* level) {
-  if (std::strcmp(level, "debug") == 0) return 0;
-  if (std::strcmp(level, "info") == 0) return 1;
-  if (std::strcmp(level, "warn") == 0) return 2;
-  return 3;
-}
-
-void logLine(const char* level, const std::string& msg) {
-  if (levelRank(level) < gLogLevel) return;
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  tm t;
-  gmtime_r(&ts.tv_sec, &t);
-  char buf[32];
-  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &t);
-  std::fprintf(stderr, "%s moatd %s: %s\n", buf, level, msg.c_str());
-  std::fflush(stderr);
-}
-
 void usage() {
   std::fprintf(stderr,
-               "usage: moatd [--config FILE] [--check FILE] [--print-default-config]\n"
-               "  --config FILE          run with FILE (JSON, see docs/config.md); SIGHUP reloads it\n"
+               "usage: moatd [options]\n"
+               "  --config FILE          bootstrap config (JSON, see docs/config.md); SIGHUP applies it again\n"
                "  --check FILE           validate FILE, print every error with its JSON path, exit\n"
                "  --print-default-config print the embedded default config and exit\n"
-               "without --config, moatd runs the embedded default config.\n");
-}
-
-bool sameListeners(const control::Config& a, const control::Config& b) {
-  if (a.listeners.size() != b.listeners.size() || a.workers != b.workers) return false;
-  for (size_t i = 0; i < a.listeners.size(); ++i) {
-    const auto& x = a.listeners[i];
-    const auto& y = b.listeners[i];
-    if (x.name != y.name || x.address != y.address || x.port != y.port ||
-        x.protocol != y.protocol || x.proxyProtocol != y.proxyProtocol)
-      return false;
-  }
-  return true;
+               "  --state-dir DIR        applied config versions, admin token, uploaded certificates\n"
+               "                         (default /var/lib/moat); a restart resumes the newest version\n"
+               "                         unless the bootstrap config changed since the last start\n"
+               "  --admin ADDR:PORT|off  admin REST API listener (default 127.0.0.1:9900)\n"
+               "  --admin-token-file F   bearer token (default STATE_DIR/admin.token, created if absent)\n"
+               "  --admin-cert F --admin-key F   serve the admin API over TLS (required off loopback)\n"
+               "  --admin-client-ca F    require admin clients to present a certificate from these CAs\n"
+               "without --config, moatd bootstraps from the embedded default config.\n");
 }
 
 std::string jsonString(const std::string& v) {
@@ -153,35 +141,6 @@ std::string statsJson(const l7::WorkerReport& r, const ratelimit::Table* t) {
   return s;
 }
 
-l7::WorkerReport sumReports(const std::vector<std::unique_ptr<l7::Worker>>& workers) {
-  l7::WorkerReport total;
-  std::vector<std::vector<ratelimit::TopKeys::Item>> parts;
-  for (const auto& w : workers) {
-    l7::WorkerReport r = w->report();
-    total.counters += r.counters;
-    total.configVersion = std::max(total.configVersion, r.configVersion);
-    for (const auto& [k, v] : r.listeners) {
-      total.listeners[k].requests += v.requests;
-      total.listeners[k].errors += v.errors;
-    }
-    for (const auto& [k, v] : r.routes) {
-      total.routes[k].requests += v.requests;
-      total.routes[k].errors += v.errors;
-    }
-    for (const auto& [k, v] : r.backends) {
-      total.backends[k].requests += v.requests;
-      total.backends[k].errors += v.errors;
-    }
-    for (const auto& [k, v] : r.rateLimitRules) {
-      total.rateLimitRules[k].checked += v.checked;
-      total.rateLimitRules[k].limited += v.limited;
-    }
-    parts.push_back(r.topOffenders);
-  }
-  total.topOffenders = ratelimit::TopKeys::merge(parts, 20);
-  return total;
-}
-
 int openAccessLog(const std::string& where) {
   if (where.empty()) return -1;
   if (where == "-") return STDOUT_FILENO;
@@ -189,47 +148,6 @@ int openAccessLog(const std::string& where) {
   if (fd < 0) logLine("error", "access log " + where + ": " + strerror(errno) + "; logging off");
   return fd;
 }
-
-// Compiles the waf section (control thread; loads and compiles the rule files,
-// seconds without the cache). Null with errors logged when it fails, or when
-// the WAF is disabled (then `ok` stays true).
-std::shared_ptr<const waf::Engine> compileWaf(const control::WafConfig& w, bool* ok) {
-  *ok = true;
-  if (!w.enabled) return nullptr;
-  waf::EngineOptions opt;
-  if (!w.setup.empty()) opt.ruleFiles.push_back(w.setup);
-  opt.ruleFiles.insert(opt.ruleFiles.end(), w.rules.begin(), w.rules.end());
-  opt.preamble = waf::crsPreamble(static_cast<int>(w.paranoia), static_cast<int>(w.inboundThreshold),
-                                  static_cast<int>(w.outboundThreshold));
-  for (uint32_t id : w.disableRules) opt.extraDirectives += "SecRuleRemoveById " + std::to_string(id) + "\n";
-  for (const auto& x : w.excludeTargets) {
-    opt.extraDirectives += "SecRuleUpdateTargetById " + std::to_string(x.rule) + " \"!" + x.target + "\"\n";
-  }
-  opt.mode = w.detectOnly ? waf::EngineMode::kDetectionOnly : waf::EngineMode::kOn;
-  opt.requestBodyLimit = w.requestBodyLimit;
-  opt.bodyLimitAction = w.bodyLimitReject ? waf::BodyLimitAction::kReject : waf::BodyLimitAction::kProcessPartial;
-  opt.unicodeMapPath = w.unicodeMap;
-  opt.cacheDir = w.cacheDir;
-  std::vector<std::string> errors, warnings;
-  waf::CompileStats st;
-  auto engine = waf::Engine::compile(opt, &errors, &warnings, &st);
-  for (const auto& m : warnings) logLine("warn", "waf: " + m);
-  if (!engine) {
-    for (const auto& m : errors) logLine("error", "waf: " + m);
-    *ok = false;
-    return nullptr;
-  }
-  char buf[256];
-  std::snprintf(buf, sizeof(buf),
-                "waf: %zu rules, %zu patterns in %zu Hyperscan groups, paranoia %u, %s; load %.0f ms, "
-                "compile %.0f ms%s",
-                st.rules, st.patternLinks, st.patternGroups, w.paranoia,
-                w.detectOnly ? "detect only" : "blocking", st.loadMs, st.compileMs,
-                st.cacheHit ? " (cache hit)" : "");
-  logLine("info", buf);
-  return engine;
-}
-
 
 // Builds the TLS contexts the config asks for (control thread; reads the
 // certificate, key, CA and OCSP files). Logs every error with its JSON path.
@@ -242,39 +160,136 @@ bool buildTlsSet(const control::Config& c, size_t workers,
   return errors.empty();
 }
 
+
+std::string sha256Hex(const std::string& data) {
+  unsigned char md[32];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
+  std::string out;
+  char b[3];
+  for (unsigned i = 0; i < n; ++i) {
+    std::snprintf(b, sizeof b, "%02x", md[i]);
+    out += b;
+  }
+  return out;
+}
+
+bool readFile(const std::string& path, std::string& out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  std::stringstream ss;
+  ss << f.rdbuf();
+  out = ss.str();
+  return true;
+}
+
+// The admin token: read from `path`, or created there (0600, 32 random
+// bytes as hex) when absent. Empty with `err` set on failure.
+std::string loadOrCreateToken(const std::string& path, std::string& err) {
+  std::string tok;
+  if (readFile(path, tok)) {
+    while (!tok.empty() && (tok.back() == '\n' || tok.back() == '\r' || tok.back() == ' ')) tok.pop_back();
+    if (tok.size() < 16) {
+      err = "admin token file " + path + " holds fewer than 16 characters";
+      return "";
+    }
+    struct stat st{};
+    if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+      logLine("warn", "admin token file " + path + " is readable by group or others (chmod 600 it)");
+    }
+    return tok;
+  }
+  unsigned char raw[32];
+  if (RAND_bytes(raw, sizeof raw) != 1) {
+    err = "cannot generate an admin token";
+    return "";
+  }
+  char hex[65];
+  for (int i = 0; i < 32; ++i) std::snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+  tok.assign(hex, 64);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    err = "cannot create admin token file " + path + ": " + strerror(errno);
+    return "";
+  }
+  std::string line = tok + "\n";
+  bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) {
+    err = "cannot write admin token file " + path;
+    return "";
+  }
+  logLine("info", "admin token created in " + path + " (mode 0600)");
+  return tok;
+}
+
+bool splitHostPort(const std::string& s, std::string& host, uint16_t& port) {
+  size_t colon = s.rfind(':');
+  if (colon == std::string::npos) return false;
+  host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  std::string p = s.substr(colon + 1);
+  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos) return false;
+  unsigned long v = std::stoul(p);
+  if (v > 65535) return false;
+  port = static_cast<uint16_t>(v);
+  return !host.empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string configPath;
+  std::string stateDir = "/var/lib/moat";
+  std::string adminAddr = "127.0.0.1:9900";
+  std::string tokenFile, adminCert, adminKey, adminClientCa;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "--check" || a == "--config") && i + 1 < argc) {
-      std::string file = argv[++i];
-      if (a == "--check") {
-        control::ConfigResult r = control::loadConfigFile(file);
-        for (const auto& e : r.errors) std::fprintf(stderr, "%s: %s\n", file.c_str(), e.toString().c_str());
-        if (!r.errors.empty()) {
-          std::fprintf(stderr, "%s: %zu error(s); config rejected\n", file.c_str(), r.errors.size());
-          return 1;
-        }
-        bool ok = true;
-        compileWaf(r.config->waf, &ok);
-        if (!ok) {
-          std::fprintf(stderr, "%s: waf rules rejected\n", file.c_str());
-          return 1;
-        }
-        l7::TlsSet tls;
-        std::vector<l7::TlsBuildError> tlsErrors;
-        tls = l7::buildTls(*r.config, 1, l7::TicketSecret::random(), &tlsErrors);
-        for (const auto& e : tlsErrors) std::fprintf(stderr, "%s: %s\n", file.c_str(), e.toString().c_str());
-        if (!tlsErrors.empty()) {
-          std::fprintf(stderr, "%s: TLS files rejected\n", file.c_str());
-          return 1;
-        }
-        std::printf("%s: OK\n", file.c_str());
-        return 0;
+    auto value = [&](std::string& out) {
+      if (i + 1 >= argc) {
+        usage();
+        std::exit(2);
       }
-      configPath = file;
+      out = argv[++i];
+    };
+    if (a == "--check") {
+      std::string file;
+      value(file);
+      control::ConfigResult r = control::loadConfigFile(file);
+      for (const auto& e : r.errors) std::fprintf(stderr, "%s: %s\n", file.c_str(), e.toString().c_str());
+      if (!r.errors.empty()) {
+        std::fprintf(stderr, "%s: %zu error(s); config rejected\n", file.c_str(), r.errors.size());
+        return 1;
+      }
+      bool ok = true;
+      app::compileWaf(r.config->waf, &ok);
+      if (!ok) {
+        std::fprintf(stderr, "%s: waf rules rejected\n", file.c_str());
+        return 1;
+      }
+      std::vector<l7::TlsBuildError> tlsErrors;
+      l7::TlsSet tls = l7::buildTls(*r.config, 1, l7::TicketSecret::random(), &tlsErrors);
+      for (const auto& e : tlsErrors) std::fprintf(stderr, "%s: %s\n", file.c_str(), e.toString().c_str());
+      if (!tlsErrors.empty()) {
+        std::fprintf(stderr, "%s: TLS files rejected\n", file.c_str());
+        return 1;
+      }
+      std::printf("%s: OK\n", file.c_str());
+      return 0;
+    } else if (a == "--config") {
+      value(configPath);
+    } else if (a == "--state-dir") {
+      value(stateDir);
+    } else if (a == "--admin") {
+      value(adminAddr);
+    } else if (a == "--admin-token-file") {
+      value(tokenFile);
+    } else if (a == "--admin-cert") {
+      value(adminCert);
+    } else if (a == "--admin-key") {
+      value(adminKey);
+    } else if (a == "--admin-client-ca") {
+      value(adminClientCa);
     } else if (a == "--print-default-config") {
       std::fwrite(control::defaultConfigJson().data(), 1, control::defaultConfigJson().size(), stdout);
       return 0;
@@ -287,15 +302,53 @@ int main(int argc, char** argv) {
     }
   }
 
-  control::ConfigResult loaded = configPath.empty() ? control::parseConfig(control::defaultConfigJson())
-                                                    : control::loadConfigFile(configPath);
+  // The bootstrap document: --config FILE or the embedded default.
+  std::string bootstrapText;
+  const std::string where = configPath.empty() ? std::string("embedded default") : configPath;
+  if (configPath.empty()) {
+    bootstrapText = std::string(control::defaultConfigJson());
+  } else if (!readFile(configPath, bootstrapText)) {
+    logLine("error", configPath + ": cannot read: " + strerror(errno) + "; not starting");
+    return 1;
+  }
+  control::ConfigResult loaded = control::parseConfig(bootstrapText);
   if (!loaded.errors.empty()) {
-    for (const auto& e : loaded.errors) logLine("error", (configPath.empty() ? "default config" : configPath) + ": " + e.toString());
+    for (const auto& e : loaded.errors) logLine("error", where + ": " + e.toString());
     logLine("error", "config rejected; not starting");
     return 1;
   }
   control::Config config = *loaded.config;
-  gLogLevel = static_cast<int>(config.logging.level);
+
+  // Versions: resume the newest applied one unless the bootstrap changed.
+  std::string err;
+  std::unique_ptr<control::StateStore> store = control::StateStore::open(stateDir, err);
+  if (!store) {
+    logLine("error", "state directory: " + err + "; not starting (give --state-dir)");
+    return 1;
+  }
+  const std::string bootHash = sha256Hex(bootstrapText);
+  const std::string bootHashFile = stateDir + "/bootstrap.sha256";
+  std::string lastBootHash;
+  readFile(bootHashFile, lastBootHash);
+  while (!lastBootHash.empty() && lastBootHash.back() == '\n') lastBootHash.pop_back();
+  uint64_t version = 1;
+  std::string startSource = "startup";
+  std::vector<std::string> storeWarnings;
+  auto latest = store->latest(&storeWarnings);
+  for (const auto& w : storeWarnings) logLine("warn", "state: " + w);
+  bool resumed = false;
+  if (latest && lastBootHash == bootHash) {
+    version = latest->first;
+    config = latest->second;
+    resumed = true;
+    logLine("info", "resuming config version " + std::to_string(version) + " from " + stateDir);
+  } else {
+    if (latest) {
+      version = latest->first + 1;
+      logLine("info", where + " changed since the last start: it becomes config version " + std::to_string(version));
+    }
+  }
+  app::gLogLevel = static_cast<int>(config.logging.level);
 
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -305,13 +358,12 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGUSR1);
   sigaddset(&sigs, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  int sigFd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 
   unsigned ncpu = std::max(1u, std::thread::hardware_concurrency());
   size_t nworkers = config.workers == 0 ? ncpu : config.workers;
-  uint64_t version = 1;
-  control::SnapshotPublisher publisher(nworkers);
   bool wafOk = true;
-  std::shared_ptr<const waf::Engine> wafEngine = compileWaf(config.waf, &wafOk);
+  std::shared_ptr<const waf::Engine> wafEngine = app::compileWaf(config.waf, &wafOk);
   if (!wafOk) {
     logLine("error", "waf rules rejected; not starting");
     return 1;
@@ -320,16 +372,60 @@ int main(int argc, char** argv) {
   // on any worker (listeners with ticketKeyFile use theirs).
   const std::shared_ptr<const l7::TicketSecret> ticketSecret = l7::TicketSecret::random();
   l7::TlsSet tls;
-  if (!buildTlsSet(config, nworkers, ticketSecret, &tls, configPath.empty() ? "default config" : configPath)) {
+  if (!buildTlsSet(config, nworkers, ticketSecret, &tls, where)) {
     logLine("error", "TLS files rejected; not starting");
     return 1;
   }
-  try {
-    publisher.publish(control::buildSnapshot(config, version, wafEngine, tls.listeners, tls.pools));
-  } catch (const std::exception& e) {
-    logLine("error", std::string("config: ") + e.what());
+  app::Appliance::Options aopts;
+  aopts.configPath = configPath;
+  aopts.workers = nworkers;
+  aopts.store = store.get();
+  app::Appliance appliance(aopts, config, version, wafEngine, tls, ticketSecret);
+  if (!appliance.start(err)) {
+    logLine("error", "config: " + err);
     return 1;
   }
+  if (!resumed) {
+    if (!store->save(version, startSource, "bootstrap from " + where, config, err)) {
+      logLine("error", "state: " + err + "; not starting");
+      return 1;
+    }
+    std::string tmp = bootHashFile + ".tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      std::string line = bootHash + "\n";
+      bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+      ::fsync(fd);
+      ::close(fd);
+      if (ok) ::rename(tmp.c_str(), bootHashFile.c_str());
+    }
+  }
+
+  // Admin API.
+  std::unique_ptr<control::AdminServer> admin;
+  std::unique_ptr<app::AdminApi> api;
+  if (adminAddr != "off") {
+    control::AdminServerOptions ao;
+    if (!splitHostPort(adminAddr, ao.address, ao.port)) {
+      logLine("error", "--admin " + adminAddr + ": expected ADDRESS:PORT or off");
+      return 1;
+    }
+    ao.certFile = adminCert;
+    ao.keyFile = adminKey;
+    ao.clientCaFile = adminClientCa;
+    std::string token = loadOrCreateToken(tokenFile.empty() ? stateDir + "/admin.token" : tokenFile, err);
+    if (token.empty()) {
+      logLine("error", err + "; not starting");
+      return 1;
+    }
+    api = std::make_unique<app::AdminApi>(appliance, token);
+    admin = control::AdminServer::open(ao, [&](const control::AdminRequest& r) { return api->handle(r); }, err);
+    if (!admin) {
+      logLine("error", err + "; not starting");
+      return 1;
+    }
+  }
+
   int accessFd = openAccessLog(config.logging.accessLog);
   int wafAuditFd = -1;
   if (!config.waf.auditLog.empty()) {
@@ -339,26 +435,24 @@ int main(int argc, char** argv) {
     }
   }
   // One table for the process: its size is fixed at start, and its state
-  // (every client's bucket) survives config reloads.
-  std::unique_ptr<ratelimit::Table> rateTable;
+  // (every client's bucket) survives config changes.
   try {
-    rateTable = std::make_unique<ratelimit::Table>(config.rateLimit.maxKeys);
+    appliance.rateTable = std::make_unique<ratelimit::Table>(config.rateLimit.maxKeys);
   } catch (const std::exception& e) {
     logLine("error", std::string("rateLimit.maxKeys: cannot allocate the table: ") + e.what());
     return 1;
   }
 
   std::atomic<bool> stop{false};
-  std::vector<std::unique_ptr<l7::Worker>> workers;
+  auto& workers = appliance.workers;
   for (size_t i = 0; i < nworkers; ++i) {
     l7::Worker::Options o;
     o.index = i;
-    o.publisher = &publisher;
+    o.publisher = &appliance.publisher();
     o.accessLogFd = accessFd;
-    o.rateLimitTable = rateTable.get();
+    o.rateLimitTable = appliance.rateTable.get();
     o.wafAuditFd = wafAuditFd;
     o.stop = &stop;
-    std::string err;
     auto w = l7::Worker::create(o, err);
     if (!w) {
       logLine("error", "worker " + std::to_string(i) + ": " + err);
@@ -389,32 +483,32 @@ int main(int argc, char** argv) {
       logLine("warn", "pool " + config.pools[i].name + ": TLS to backends without certificate verification");
     }
   }
-  logLine("info", "config version 1 (" + (configPath.empty() ? std::string("embedded default") : configPath) +
-                      ") running on " + std::to_string(nworkers) + " worker(s)");
+  if (admin) {
+    logLine("info", std::string("admin API on ") + (admin->tls() ? "https://" : "http://") + adminAddr.substr(0, adminAddr.rfind(':')) +
+                        ":" + std::to_string(admin->port()) + "/api/v1");
+  }
+  appliance.setReady(true);
+  logLine("info", "config version " + std::to_string(appliance.version()) + " (" +
+                      (resumed ? "resumed from " + stateDir : where) + ") running on " +
+                      std::to_string(nworkers) + " worker(s)");
 
-  timespec tick{0, 100 * 1000 * 1000};
-  uint64_t nextOcspMs = 0;
+  std::vector<pollfd> fds;
   for (;;) {
-    siginfo_t info;
-    int sig = sigtimedwait(&sigs, &info, &tick);
-    publisher.reclaim();
-    // Stapled OCSP responses follow their files (checked about once a second).
-    if (const auto nowMs = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                               std::chrono::steady_clock::now().time_since_epoch())
-                               .count());
-        nowMs >= nextOcspMs) {
-      nextOcspMs = nowMs + 1000;
-      for (const auto& l : tls.listeners) {
-        if (!l) continue;
-        std::vector<std::string> warnings;
-        if (l->refreshOcsp(&warnings) > 0) logLine("info", "ocsp: stapling a new response");
-        for (const auto& w : warnings) logLine("warn", w);
-      }
-    }
-    if (sig < 0) continue;
+    fds.clear();
+    fds.push_back(pollfd{sigFd, POLLIN, 0});
+    for (int fd : appliance.wakeFds()) fds.push_back(pollfd{fd, POLLIN, 0});
+    size_t adminFirst = fds.size();
+    size_t adminCount = admin ? admin->pollFds(fds) : 0;
+    int n = ::poll(fds.data(), fds.size(), 100);
+    if (n > 0 && admin) admin->dispatch(fds, adminFirst, adminCount);
+    appliance.tick();
+    if ((fds[0].revents & POLLIN) == 0) continue;
+    signalfd_siginfo si{};
+    if (::read(sigFd, &si, sizeof si) != static_cast<ssize_t>(sizeof si)) continue;
+    int sig = static_cast<int>(si.ssi_signo);
     if (sig == SIGINT || sig == SIGTERM) break;
     if (sig == SIGUSR1) {
-      std::fprintf(stderr, "%s\n", statsJson(sumReports(workers), rateTable.get()).c_str());
+      std::fprintf(stderr, "%s\n", statsJson(app::sumReports(workers), appliance.rateTable.get()).c_str());
       continue;
     }
     if (sig == SIGHUP) {
@@ -425,64 +519,26 @@ int main(int argc, char** argv) {
       control::ConfigResult r = control::loadConfigFile(configPath);
       if (!r.errors.empty()) {
         for (const auto& e : r.errors) logLine("error", "reload " + configPath + ": " + e.toString());
-        logLine("error", "reload rejected; config version " + std::to_string(version) + " keeps running");
+        logLine("error", "reload rejected; config version " + std::to_string(appliance.version()) + " keeps running");
         continue;
       }
-      if (r.config->rateLimit.maxKeys != config.rateLimit.maxKeys) {
-        logLine("warn", "reload: rateLimit.maxKeys changes only on restart; keeping " +
-                            std::to_string(config.rateLimit.maxKeys));
+      app::ApplyResult res = appliance.apply(*r.config, "file", "SIGHUP: " + configPath);
+      if (!res.ok) {
+        for (const auto& e : res.errors) logLine("error", "reload " + configPath + ": " + e.toString());
+        logLine("error", "reload rejected: " + res.error + "; config version " +
+                             std::to_string(appliance.version()) + " keeps running");
       }
-      if (!sameListeners(config, *r.config)) {
-        logLine("error", "reload rejected: listeners and workers cannot change without a restart; config version " +
-                             std::to_string(version) + " keeps running");
-        continue;
-      }
-      if (r.config->waf.auditLog != config.waf.auditLog) {
-        logLine("warn", "reload: waf.auditLog changes only on restart");
-      }
-      // The rule set is compiled again only when the waf section changed;
-      // compiling happens here, on the control thread, while workers go on
-      // with the previous snapshot.
-      std::shared_ptr<const waf::Engine> nextWaf = wafEngine;
-      if (!(r.config->waf == config.waf)) {
-        bool ok = true;
-        nextWaf = compileWaf(r.config->waf, &ok);
-        if (!ok) {
-          logLine("error", "reload rejected: waf rules did not compile; config version " +
-                               std::to_string(version) + " keeps running");
-          continue;
-        }
-      }
-      // Certificates and keys are read again on every reload (they may have
-      // changed on disk under the same config); a broken one rejects the
-      // reload and the running contexts keep serving.
-      l7::TlsSet nextTls;
-      if (!buildTlsSet(*r.config, nworkers, ticketSecret, &nextTls, "reload " + configPath)) {
-        logLine("error", "reload rejected: TLS files; config version " + std::to_string(version) +
-                             " keeps running");
-        continue;
-      }
-      try {
-        publisher.publish(
-            control::buildSnapshot(*r.config, version + 1, nextWaf, nextTls.listeners, nextTls.pools));
-      } catch (const std::exception& e) {
-        logLine("error", std::string("reload rejected: ") + e.what());
-        continue;
-      }
-      tls = std::move(nextTls);
-      ++version;
-      config = *r.config;
-      wafEngine = nextWaf;
-      gLogLevel = static_cast<int>(config.logging.level);
-      logLine("info", "config version " + std::to_string(version) + " applied");
     }
   }
   logLine("info", "stopping: draining connections");
+  appliance.setReady(false);
+  admin.reset();
   stop.store(true);
   for (auto& t : threads) t.join();
-  std::fprintf(stderr, "%s\n", statsJson(sumReports(workers), rateTable.get()).c_str());
+  std::fprintf(stderr, "%s\n", statsJson(app::sumReports(workers), appliance.rateTable.get()).c_str());
   workers.clear();
-  publisher.reclaim();
+  appliance.publisher().reclaim();
+  ::close(sigFd);
   logLine("info", "stopped");
   return 0;
 }

@@ -119,7 +119,8 @@ def start_proxy(name, tmp, port, backend_port):
                if name == "moat-waf" else '{ "enabled": false }')
         cfg = render("moat.json.in", os.path.join(tmp, name + ".json"), PORT=port,
                      BACKEND_PORT=backend_port, RATE_LIMIT=rl, WAF=waf)
-        cmd = ["taskset", "-c", "0", MOATD, "--config", cfg]
+        cmd = ["taskset", "-c", "0", MOATD, "--config", cfg, "--admin", "off",
+               "--state-dir", os.path.join(tmp, "state-" + name)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return p

@@ -112,7 +112,8 @@ def start_proxy(name, tmp, port, backend_port, pki, key_type):
     else:
         cfg = moat_config(os.path.join(tmp, f"moat-{key_type}.json"), port, backend_port,
                           pki[key_type + "_cert"], pki[key_type + "_key"])
-        cmd = ["taskset", "-c", "0", MOATD, "--config", cfg]
+        cmd = ["taskset", "-c", "0", MOATD, "--config", cfg, "--admin", "off",
+               "--state-dir", os.path.join(tmp, "state-" + key_type)]
     log = open(os.path.join(tmp, f"{name}-{key_type}.log"), "w")
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     log.close()

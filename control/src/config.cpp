@@ -42,6 +42,18 @@ constexpr int64_t kMaxRateLimitKeys = 100000000;  // 2.8 GB of table: beyond tha
 constexpr int64_t kMaxRateLimitPeriodS = 86400;
 constexpr int64_t kMaxRateLimitCount = 1000000000;
 constexpr int64_t kMaxRateLimitRules = 64;
+// Health checks: at least 10 checks a second per backend would be a probe
+// flood, and a check that may take a minute says nothing useful.
+constexpr int64_t kMinCheckIntervalMs = 100;
+constexpr int64_t kMaxCheckIntervalMs = 3600000;
+constexpr int64_t kMinCheckTimeoutMs = 10;
+constexpr int64_t kMaxCheckTimeoutMs = 60000;
+constexpr int64_t kMaxRiseFall = 100;
+constexpr int64_t kMaxJitterPct = 50;
+constexpr int64_t kMaxConsecutiveFailures = 1000;
+constexpr int64_t kMinEjectMs = 100;
+constexpr int64_t kMaxBaseEjectMs = 3600000;
+constexpr int64_t kMaxEjectMs = 86400000;  // one day: longer is an outage, not an outlier
 
 std::string join(const std::string& path, std::string_view key) {
   return path.empty() ? std::string(key) : path + "." + std::string(key);
@@ -178,8 +190,11 @@ class Validator {
         rateLimit(v, key);
       } else if (key == "waf") {
         waf(v, key);
+      } else if (key == "geo") {
+        geo(v, key);
       } else {
-        unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging, rateLimit, waf");
+        unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging, rateLimit, "
+                     "waf, geo");
       }
     }
     if (!sawListeners) error("listeners", "missing required field");
@@ -188,6 +203,12 @@ class Validator {
       bool found = false;
       for (const ListenerConfig& l : config_.listeners) found = found || l.name == name;
       if (!found) error(path, "no listener named " + jsonQuote(name));
+    }
+    // Country lists need a database (geo may follow the listeners).
+    if (config_.geo.sources.empty()) {
+      for (const std::string& path : geoCountryRefs_) {
+        error(path, "needs geo.sources (a country database) to look countries up");
+      }
     }
   }
 
@@ -335,8 +356,10 @@ class Validator {
         } else if (m.key() == "tls") {
           sawTls = true;
           listenerTls(m.value(), fp, &lc.tls);
+        } else if (m.key() == "geo") {
+          listenerGeo(m.value(), fp, &lc.geo);
         } else {
-          unknown(fp, "name, address, port, protocol, proxyProtocol, tls");
+          unknown(fp, "name, address, port, protocol, proxyProtocol, tls, geo");
         }
       }
       if (lc.protocol == ListenerProtocol::kHttps && !sawTls) {
@@ -543,8 +566,13 @@ class Validator {
           backends(m.value(), fp, &pc.backends);
         } else if (m.key() == "tls") {
           upstreamTls(m.value(), fp, &pc.tls);
+        } else if (m.key() == "healthCheck") {
+          healthCheck(m.value(), fp, &pc.healthCheck);
+        } else if (m.key() == "outlierDetection") {
+          outlierDetection(m.value(), fp, &pc.outlierDetection);
         } else {
-          unknown(fp, "name, balance, maglevTableSize, maxIdlePerWorker, backends, tls");
+          unknown(fp, "name, balance, maglevTableSize, maxIdlePerWorker, backends, tls, "
+                      "healthCheck, outlierDetection");
         }
       }
       if (!sawName) error(join(pp, "name"), "missing required field");
@@ -605,13 +633,280 @@ class Validator {
           if (auto p = port(m.value(), fp)) bc.port = *p;
         } else if (m.key() == "weight") {
           uintInRange(m.value(), fp, 0, kMaxWeight, "", &bc.weight);
+        } else if (m.key() == "drain") {
+          boolean(m.value(), fp, &bc.drain);
         } else {
-          unknown(fp, "address, port, weight");
+          unknown(fp, "address, port, weight, drain");
         }
       }
       if (!sawAddress) error(join(bp, "address"), "missing required field");
       if (!sawPort) error(join(bp, "port"), "missing required field");
       out->push_back(std::move(bc));
+    }
+  }
+
+  // True if every byte is visible ASCII or UTF-8 (no space, no control
+  // character): what may go into a request line or a header value unquoted.
+  static bool visibleBytes(const std::string& s) {
+    for (char ch : s) {
+      const auto c = static_cast<unsigned char>(ch);
+      if (c <= 0x20 || c == 0x7f) return false;
+    }
+    return true;
+  }
+
+  // 204, "204" or "200-399"; every status in 100..599.
+  bool expectStatus(const Json& j, const std::string& path, HealthCheckConfig* h) {
+    auto bad = [&] {
+      error(path, "must be a status such as 204 or a range such as \"200-399\" (100..599), got " +
+                      j.dump(-1, ' ', false, Json::error_handler_t::replace));
+      return false;
+    };
+    auto inStatusRange = [](uint64_t v) { return v >= 100 && v <= 599; };
+    if (j.is_number_unsigned()) {
+      const uint64_t v = j.get<uint64_t>();
+      if (!inStatusRange(v)) return bad();
+      h->expectStatusMin = h->expectStatusMax = static_cast<uint32_t>(v);
+      return true;
+    }
+    if (!j.is_string()) {
+      if (j.is_number()) return bad();
+      wrongType(j, path, "an integer or a string");
+      return false;
+    }
+    const std::string& s = j.get_ref<const std::string&>();
+    // Three digits, optionally "-" and three more: nothing else.
+    auto digits3 = [&](size_t at, uint32_t* out) {
+      if (at + 3 > s.size()) return false;
+      uint32_t v = 0;
+      for (size_t i = at; i < at + 3; ++i) {
+        if (s[i] < '0' || s[i] > '9') return false;
+        v = v * 10 + static_cast<uint32_t>(s[i] - '0');
+      }
+      *out = v;
+      return inStatusRange(v);
+    };
+    uint32_t lo = 0, hi = 0;
+    if (s.size() == 3 && digits3(0, &lo)) {
+      hi = lo;
+    } else if (!(s.size() == 7 && s[3] == '-' && digits3(0, &lo) && digits3(4, &hi) && lo <= hi)) {
+      return bad();
+    }
+    h->expectStatusMin = lo;
+    h->expectStatusMax = hi;
+    return true;
+  }
+
+  // Present = enabled. timeoutMs <= intervalMs is checked after the members,
+  // against the default of whichever one is absent.
+  void healthCheck(const Json& j, const std::string& path, HealthCheckConfig* h) {
+    if (!object(j, path)) return;
+    h->enabled = true;
+    bool intervalOk = true, timeoutOk = true, sawTimeout = false;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      if (m.key() == "type") {
+        std::optional<std::string> s = string(v, fp);
+        if (!s) continue;
+        if (*s == "tcp") {
+          h->type = HealthCheckType::kTcp;
+        } else if (*s == "http") {
+          h->type = HealthCheckType::kHttp;
+        } else if (*s == "https") {
+          h->type = HealthCheckType::kHttps;
+        } else {
+          error(fp, "unknown type " + jsonQuote(*s) + " (allowed: tcp, http, https)");
+        }
+      } else if (m.key() == "intervalMs") {
+        intervalOk = uintInRange(v, fp, kMinCheckIntervalMs, kMaxCheckIntervalMs, " ms",
+                                 &h->intervalMs);
+      } else if (m.key() == "timeoutMs") {
+        sawTimeout = true;
+        timeoutOk =
+            uintInRange(v, fp, kMinCheckTimeoutMs, kMaxCheckTimeoutMs, " ms", &h->timeoutMs);
+      } else if (m.key() == "rise") {
+        uintInRange(v, fp, 1, kMaxRiseFall, "", &h->rise);
+      } else if (m.key() == "fall") {
+        uintInRange(v, fp, 1, kMaxRiseFall, "", &h->fall);
+      } else if (m.key() == "jitterPct") {
+        uintInRange(v, fp, 0, kMaxJitterPct, "%", &h->jitterPct);
+      } else if (m.key() == "path") {
+        std::optional<std::string> s = string(v, fp);
+        if (s && (s->empty() || s->front() != '/' || !visibleBytes(*s))) {
+          error(fp, "must start with \"/\" and hold no space or control character, got " +
+                        jsonQuote(*s));
+        } else if (s) {
+          h->path = *s;
+        }
+      } else if (m.key() == "host") {
+        std::optional<std::string> s = string(v, fp);
+        if (s && !visibleBytes(*s)) {
+          error(fp, jsonQuote(*s) + " is not a Host header value (no space or control character)");
+        } else if (s) {
+          h->host = *s;
+        }
+      } else if (m.key() == "expectStatus") {
+        expectStatus(v, fp, h);
+      } else if (m.key() == "bodyContains") {
+        if (auto s = string(v, fp)) h->bodyContains = *s;
+      } else {
+        unknown(fp, "type, intervalMs, timeoutMs, rise, fall, jitterPct, path, host, "
+                    "expectStatus, bodyContains");
+      }
+    }
+    if (intervalOk && timeoutOk && h->timeoutMs > h->intervalMs) {
+      const std::string interval = std::to_string(h->intervalMs);
+      error(join(path, "timeoutMs"),
+            sawTimeout ? "must be <= intervalMs (" + interval + "), got " +
+                             std::to_string(h->timeoutMs)
+                       : "the default " + std::to_string(h->timeoutMs) +
+                             " must be <= intervalMs (" + interval + ")");
+    }
+  }
+
+  // Present = enabled. maxEjectMs >= baseEjectMs is checked after the members.
+  void outlierDetection(const Json& j, const std::string& path, OutlierDetectionConfig* o) {
+    if (!object(j, path)) return;
+    o->enabled = true;
+    bool baseOk = true, maxOk = true, sawMax = false;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      if (m.key() == "consecutiveFailures") {
+        uintInRange(v, fp, 1, kMaxConsecutiveFailures, "", &o->consecutiveFailures);
+      } else if (m.key() == "baseEjectMs") {
+        baseOk = uintInRange(v, fp, kMinEjectMs, kMaxBaseEjectMs, " ms", &o->baseEjectMs);
+      } else if (m.key() == "maxEjectMs") {
+        sawMax = true;
+        maxOk = uintInRange(v, fp, kMinEjectMs, kMaxEjectMs, " ms", &o->maxEjectMs);
+      } else if (m.key() == "maxEjectPercent") {
+        uintInRange(v, fp, 0, 100, "%", &o->maxEjectPercent);
+      } else {
+        unknown(fp, "consecutiveFailures, baseEjectMs, maxEjectMs, maxEjectPercent");
+      }
+    }
+    if (baseOk && maxOk && o->maxEjectMs < o->baseEjectMs) {
+      const std::string base = std::to_string(o->baseEjectMs);
+      error(join(path, "maxEjectMs"),
+            sawMax ? "must be >= baseEjectMs (" + base + "), got " + std::to_string(o->maxEjectMs)
+                   : "the default " + std::to_string(o->maxEjectMs) +
+                         " must be >= baseEjectMs (" + base + ")");
+    }
+  }
+
+  // Present = enabled. Whether countries can be looked up is checked once the
+  // top-level geo is known (run()).
+  void listenerGeo(const Json& j, const std::string& path, GeoPolicyConfig* g) {
+    if (!object(j, path)) return;
+    g->enabled = true;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      if (m.key() == "mode") {
+        std::optional<std::string> s = string(v, fp);
+        if (s && *s != "deny" && *s != "allow") {
+          error(fp, "must be \"deny\" or \"allow\", got " + jsonQuote(*s));
+        } else if (s) {
+          g->allowMode = *s == "allow";
+        }
+      } else if (m.key() == "countries") {
+        stringList(v, fp, &g->countries, [&](const std::string& s, const std::string& ip) {
+          auto letter = [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); };
+          if (s.size() == 2 && letter(s[0]) && letter(s[1])) return true;
+          error(ip, jsonQuote(s) + " is not an ISO 3166-1 alpha-2 country code (such as \"DE\")");
+          return false;
+        });
+        for (std::string& c : g->countries) {
+          for (char& ch : c) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+        }
+        if (!g->countries.empty()) geoCountryRefs_.push_back(fp);
+      } else if (m.key() == "allowCidrs") {
+        cidrList(v, fp, &g->allowCidrs);
+      } else if (m.key() == "denyCidrs") {
+        cidrList(v, fp, &g->denyCidrs);
+      } else {
+        unknown(fp, "mode, countries, allowCidrs, denyCidrs");
+      }
+    }
+  }
+
+  static std::optional<GeoSourceType> parseGeoSourceType(const Json& j) {
+    if (!j.is_string()) return std::nullopt;
+    const std::string& s = j.get_ref<const std::string&>();
+    if (s == "zones") return GeoSourceType::kZones;
+    if (s == "maxmind_csv") return GeoSourceType::kMaxmindCsv;
+    if (s == "mmdb") return GeoSourceType::kMmdb;
+    return std::nullopt;
+  }
+
+  // The files are only named here; the geo loader reads them and reports
+  // unreadable ones with these same paths.
+  void geo(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      if (m.key() != "sources") {
+        unknown(fp, "sources");
+        continue;
+      }
+      const Json& v = m.value();
+      if (!array(v, fp)) continue;
+      for (size_t i = 0; i < v.size(); ++i) {
+        const std::string sp = indexed(fp, i);
+        if (!object(v[i], sp)) continue;
+        // Looked up ahead so fields of another type are refused where they stand.
+        std::optional<GeoSourceType> type;
+        if (auto t = v[i].find("type"); t != v[i].end()) type = parseGeoSourceType(*t);
+        const bool csv = type == GeoSourceType::kMaxmindCsv;
+        GeoSourceConfig src;
+        bool sawType = false;
+        std::set<std::string> present;  // file fields given (possibly as "")
+        for (const auto& f : v[i].items()) {
+          const std::string ffp = join(sp, f.key());
+          const std::string& k = f.key();
+          if (k == "type") {
+            sawType = true;
+            std::optional<std::string> s = string(f.value(), ffp);
+            if (s && !type) {
+              error(ffp, "unknown type " + jsonQuote(*s) + " (allowed: zones, maxmind_csv, mmdb)");
+            } else if (type) {
+              src.type = *type;
+            }
+          } else if (k == "path" || k == "blocksIpv4" || k == "blocksIpv6" || k == "locations") {
+            std::optional<std::string> s = string(f.value(), ffp);
+            if (!s) continue;
+            present.insert(k);
+            const bool csvField = k != "path";
+            if (type && csvField != csv) {
+              error(ffp, csvField ? "only for type \"maxmind_csv\""
+                                  : "only for type \"zones\" or \"mmdb\"");
+              continue;
+            }
+            (k == "path"         ? src.path
+             : k == "blocksIpv4" ? src.blocksIpv4
+             : k == "blocksIpv6" ? src.blocksIpv6
+                                 : src.locations) = *s;
+          } else {
+            unknown(ffp, "type, path, blocksIpv4, blocksIpv6, locations");
+          }
+        }
+        auto required = [&](const char* k, const std::string& value) {
+          if (!value.empty()) return;
+          error(join(sp, k), present.count(k) ? "must not be empty" : "missing required field");
+        };
+        if (!sawType) {
+          error(join(sp, "type"), "missing required field");
+        } else if (csv) {
+          if (src.blocksIpv4.empty() && src.blocksIpv6.empty()) {
+            error(join(sp, "blocksIpv4"), "blocksIpv4 or blocksIpv6 (or both) is required");
+          }
+          required("locations", src.locations);
+        } else if (type) {
+          required("path", src.path);
+        }
+        config_.geo.sources.push_back(std::move(src));
+      }
     }
   }
 
@@ -1031,6 +1326,7 @@ class Validator {
   Config config_;
   std::set<std::string> poolNames_;
   std::vector<std::pair<std::string, std::string>> ruleListenerRefs_;  // path, listener name
+  std::vector<std::string> geoCountryRefs_;  // paths of non-empty listeners[].geo.countries
 };
 
 }  // namespace
@@ -1117,6 +1413,24 @@ const char* toString(RateLimitAlgorithm a) {
   switch (a) {
     case RateLimitAlgorithm::kTokenBucket: return "token_bucket";
     case RateLimitAlgorithm::kSlidingWindow: return "sliding_window";
+  }
+  return "unknown";
+}
+
+const char* toString(HealthCheckType t) {
+  switch (t) {
+    case HealthCheckType::kTcp: return "tcp";
+    case HealthCheckType::kHttp: return "http";
+    case HealthCheckType::kHttps: return "https";
+  }
+  return "unknown";
+}
+
+const char* toString(GeoSourceType t) {
+  switch (t) {
+    case GeoSourceType::kZones: return "zones";
+    case GeoSourceType::kMaxmindCsv: return "maxmind_csv";
+    case GeoSourceType::kMmdb: return "mmdb";
   }
   return "unknown";
 }

@@ -137,21 +137,40 @@ std::unique_ptr<const Snapshot> buildSnapshot(
     const Config& config, uint64_t version, std::shared_ptr<const waf::Engine> waf,
     std::vector<std::shared_ptr<const l7::TlsListener>> tlsListeners,
     std::vector<std::shared_ptr<const l7::TlsUpstream>> tlsPools) {
+  SnapshotInputs in;
+  in.waf = std::move(waf);
+  in.tlsListeners = std::move(tlsListeners);
+  in.tlsPools = std::move(tlsPools);
+  return buildSnapshot(config, version, in);
+}
+
+std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version,
+                                              const SnapshotInputs& inputs) {
   auto snap = std::make_unique<Snapshot>();
   snap->version = version;
+  snap->configVersion = inputs.configVersion == 0 ? version : inputs.configVersion;
   snap->config = config;
+  auto waf = inputs.waf;
+  auto tlsListeners = inputs.tlsListeners;
+  auto tlsPools = inputs.tlsPools;
   for (const PoolConfig& pc : config.pools) {
     PoolRuntime pr;
     pr.name = pc.name;
     pr.balance = pc.balance;
     for (const BackendConfig& bc : pc.backends) {
       BackendRuntime br;
-      br.weight = bc.weight;
       if (!toSocketAddress(bc.address, bc.port, br.addr, br.addrLen))
         throw std::runtime_error("bad backend address " + bc.address);
       br.key = br.addr.ss_family == AF_INET6
                    ? "[" + bc.address + "]:" + std::to_string(bc.port)
                    : bc.address + ":" + std::to_string(bc.port);
+      const std::string id = pc.name + "/" + br.key;
+      br.configWeight = bc.weight;
+      br.drained = bc.drain;
+      br.outOfService = std::find(inputs.outOfService.begin(), inputs.outOfService.end(), id) !=
+                        inputs.outOfService.end();
+      br.weight = (br.drained || br.outOfService) ? 0 : bc.weight;
+      if (pc.outlierDetection.enabled && inputs.passiveSlot) br.passive = inputs.passiveSlot(br.key);
       pr.backends.push_back(std::move(br));
     }
     if (pr.balance == BalanceAlgorithm::kMaglev) {
@@ -191,6 +210,29 @@ std::unique_ptr<const Snapshot> buildSnapshot(
   }
   snap->tlsListeners = std::move(tlsListeners);
   snap->tlsPools = std::move(tlsPools);
+  snap->geo = inputs.geo;
+  for (const ListenerConfig& lc : config.listeners) {
+    ListenerGeoRuntime g;
+    g.enabled = lc.geo.enabled;
+    g.allowMode = lc.geo.allowMode;
+    for (const std::string& cc : lc.geo.countries) {
+      if (cc.size() == 2) {
+        g.countries.push_back(static_cast<uint16_t>((static_cast<unsigned char>(cc[0]) << 8) |
+                                                    static_cast<unsigned char>(cc[1])));
+      }
+    }
+    std::sort(g.countries.begin(), g.countries.end());
+    std::string err;
+    for (const auto& c : lc.geo.allowCidrs) {
+      if (!g.allow.add(c, &err)) throw std::runtime_error("listener " + lc.name + " geo.allowCidrs: " + err);
+    }
+    for (const auto& c : lc.geo.denyCidrs) {
+      if (!g.deny.add(c, &err)) throw std::runtime_error("listener " + lc.name + " geo.denyCidrs: " + err);
+    }
+    g.allow.seal();
+    g.deny.seal();
+    snap->listenerGeo.push_back(std::move(g));
+  }
   // Specific host before any-host; within each, longest prefix first; ties
   // keep document order.
   std::stable_sort(snap->routes.begin(), snap->routes.end(),

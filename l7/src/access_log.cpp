@@ -53,6 +53,10 @@ void appendAccessLine(std::string& out, const AccessRecord& r) {
     out.append(",\"rate_limit\":");
     appendJsonString(out, r.rateLimit);
   }
+  if (!r.geo.empty()) {
+    out.append(",\"geo\":");
+    appendJsonString(out, r.geo);
+  }
   if (!r.waf.empty()) {
     out.append(",\"waf\":");
     appendJsonString(out, r.waf);

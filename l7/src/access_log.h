@@ -23,6 +23,7 @@ struct AccessRecord {
   std::string_view error;  // why the proxy answered itself (400/408/5xx), else ""
   std::string_view rateLimit;  // rule that refused, "dry-run:<rule>", "banned", else ""
   std::string_view waf;        // "blocked:<rule id>", "detected:<rule id>", else ""
+  std::string_view geo;        // country refused by the geo policy ("CN", "unknown"), else ""
 };
 
 // Appends one line (with '\n'). Escapes per RFC 8259; bytes >= 0x80 that are

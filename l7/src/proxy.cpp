@@ -45,6 +45,7 @@
 #include <unordered_map>
 
 #include "access_log.h"
+#include "moat/control/geo.h"
 #include "moat/waf/engine.h"
 #include "moat/dataplane/loop.h"
 #include "moat/l4/cidr.h"
@@ -205,6 +206,7 @@ struct ClientConn {
   std::string logMethod, logTarget, logHost, logRoute, requestId;
   std::string tlsSubject;    // verified client certificate (mTLS), "" = none
   std::string logRateLimit;  // rule that refused (or would have, in dry run)
+  std::string logGeo;        // country refused by the listener's geo policy
   std::string logWaf;        // "blocked:<id>" / "detected:<id>"
   NamedCounters* routeCounters = nullptr;  // per-worker, keyed by route name; never freed
   uint64_t startMs = 0, upStartMs = 0, upEndMs = 0, reqBytesIn = 0, reqBytesOut = 0;
@@ -240,6 +242,9 @@ struct BackendState {
   IdleList idle;
   NamedCounters counters;
   std::shared_ptr<const TlsUpstream> tls;  // pool speaks TLS to this backend; null = plain
+  // Outlier detection's shared streak counter (control-owned, outlives every
+  // snapshot); null when no pool of this backend has outlier detection.
+  control::PassiveHealth* passive = nullptr;
 };
 
 template <class C>
@@ -444,6 +449,11 @@ struct Worker::Impl {
   uint64_t nextReportMs = 0;
   mutable std::mutex reportMu;
   WorkerReport published;
+  LatencyHistogram latency;
+  // Per country (0 = unknown); at most one entry per country, so it stops
+  // allocating after the first refusal from each.
+  std::unordered_map<uint16_t, uint64_t> geoBlocked;
+  std::unordered_map<uint32_t, uint64_t> wafRuleHits;  // per rule id (bounded by the rule set)
 
   // ---- helpers -----------------------------------------------------------
   uint64_t now() const { return loop->nowMs(); }
@@ -712,6 +722,7 @@ struct Worker::Impl {
           st->tls = tls;
         }
         st->weight = b.weight;
+        if (b.passive != nullptr) st->passive = b.passive;
         st->maxIdle = std::max(st->maxIdle, cfg.pools[p].maxIdlePerWorker);
         poolBackends[p].push_back(st.get());
         live[mapKey] = true;
@@ -878,6 +889,22 @@ struct Worker::Impl {
     else if (status < 400) ++c.responses3xx;
     else if (status < 500) ++c.responses4xx;
     else ++c.responses5xx;
+    if (cc->backend != nullptr && cc->backend->passive != nullptr) {
+      control::PassiveHealth* p = cc->backend->passive;
+      if (status >= 500 || status == 0) {
+        p->consecutiveFailures.fetch_add(1, std::memory_order_relaxed);
+        p->failures.fetch_add(1, std::memory_order_relaxed);
+      } else if (p->consecutiveFailures.load(std::memory_order_relaxed) != 0) {
+        p->consecutiveFailures.store(0, std::memory_order_relaxed);
+      }
+    }
+    {
+      const uint64_t ms = now() - cc->startMs;
+      size_t i = 0;
+      while (i < kLatencyBucketsMs.size() && ms > kLatencyBucketsMs[i]) ++i;
+      ++latency.buckets[i];
+      latency.sumMs += ms;
+    }
     ListenerState& l = listeners[cc->listener];
     ++l.counters.requests;
     if (status >= 500) ++l.counters.errors;
@@ -907,6 +934,7 @@ struct Worker::Impl {
     r.error = error;
     r.rateLimit = cc->logRateLimit;
     r.waf = cc->logWaf;
+    r.geo = cc->logGeo;
     appendAccessLine(logBuf, r);
   }
 
@@ -1373,6 +1401,11 @@ struct Worker::Impl {
     cc->rlHeaders.clear();
     cc->logRateLimit.clear();
     cc->logWaf.clear();
+    cc->logGeo.clear();
+    if (cc->listener < snap->listenerGeo.size() && snap->listenerGeo[cc->listener].enabled &&
+        !admitGeo(cc, h, snap->listenerGeo[cc->listener])) {
+      return !cc->closed && cc->state == ClientConn::State::kReadingHead;
+    }
     if (opts.rateLimitTable != nullptr && snap->rateLimit.enabled &&
         !admitRateLimit(cc, h, path, *route)) {
       return !cc->closed && cc->state == ClientConn::State::kReadingHead;
@@ -1553,6 +1586,7 @@ struct Worker::Impl {
     const waf::Verdict& v = wafTx.evaluate(*snap->waf, rv);
     ++c.wafInspected;
     c.wafRuleMatches += v.matched.size();
+    for (const auto& m : v.matched) ++wafRuleHits[m.id];  // one entry per rule id ever matched
     if (v.bodyError) ++c.wafBodyErrors;
     if (v.bodyLimitExceeded) ++c.wafBodyLimit;
     if (!v.matched.empty() && opts.wafAuditFd >= 0) {
@@ -1579,6 +1613,40 @@ struct Worker::Impl {
     sendError(cc, v.status, "request refused by the web application firewall (rule " +
                                 std::to_string(v.ruleId) + ", request id " + cc->requestId + ")",
               true);
+    return false;
+  }
+
+  // Geo policy of the listener, before rate limiting. The client is the
+  // connection's peer (or PROXY source), or the X-Forwarded-For hop that
+  // rateLimit.trustedProxies vouch for. CIDR allow beats CIDR deny beats the
+  // country rule. Returns false when the request was answered here (403).
+  // Cost: a few binary searches; no allocation.
+  bool admitGeo(ClientConn* cc, const RequestHead& h, const control::ListenerGeoRuntime& g) {
+    l4::IpAddress client = cc->peer;
+    const ratelimit::Rules& rules = snap->rateLimit;
+    if (!rules.trustedProxies.empty()) {
+      size_t n = 0;
+      for (uint32_t i = 0; i < h.headerCount && n < std::size(xffValues); ++i) {
+        if (iequals(h.headers[i].name, "x-forwarded-for")) xffValues[n++] = h.headers[i].value;
+      }
+      bool invalid = false;
+      client = ratelimit::resolveClient(rules.trustedProxies, cc->peer,
+                                        std::span<const std::string_view>(xffValues, n), &invalid);
+    }
+    if (g.allow.contains(client)) return true;
+    uint16_t country = snap->geo != nullptr ? snap->geo->lookup(client.bytes, client.len) : 0;
+    bool blocked = g.deny.contains(client);
+    if (!blocked) {
+      bool listed = country != 0 && std::binary_search(g.countries.begin(), g.countries.end(), country);
+      blocked = g.allowMode ? !listed : listed;
+    }
+    if (!blocked) return true;
+    ++c.geoBlocked;
+    ++geoBlocked[country];
+    cc->logGeo = country != 0 ? control::countryString(country) : std::string("unknown");
+    consume(cc->ep, h.headBytes);
+    sendError(cc, 403, "request refused by the geo policy of this listener (country " + cc->logGeo + ")",
+              false);
     return false;
   }
 
@@ -2114,7 +2182,10 @@ struct Worker::Impl {
     c.loopCompletions = loop->stats().completions;
     c.recvNoBuffers = loop->stats().recvNoBuffers;
     published.counters = c;
-    published.configVersion = snap->version;
+    published.configVersion = snap->configVersion;
+    published.latency = latency;
+    for (const auto& [id, n] : wafRuleHits) published.wafRules[id] = n;
+    for (const auto& [cc, n] : geoBlocked) published.geoBlocked[control::countryString(cc)] = n;
     for (auto& l : listeners) published.listeners[l.name] = l.counters;
     for (auto& [k, v] : routeCounters) published.routes[k] = v;
     for (auto& [k, v] : backends) published.backends[k] = v->counters;

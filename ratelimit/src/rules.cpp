@@ -146,6 +146,43 @@ KeyHash clientKey(uint64_t seed, const l4::IpAddress& a) {
   return hashKey(seed, std::string_view(reinterpret_cast<char*>(buf), n));
 }
 
+}  // namespace
+
+bool operatorKey(const Rule& r, std::string_view text, KeyHash& out, std::string* err) {
+  uint8_t buf[17];
+  switch (r.key) {
+    case KeyKind::kIp: {
+      l4::IpAddress a;
+      if (!l4::IpAddress::parse(text, a)) {
+        if (err != nullptr) *err = "rule " + r.name + " counts client addresses; \"" + std::string(text) + "\" is not one";
+        return false;
+      }
+      size_t n = maskedAddress(a, r.v4Prefix, r.v6Prefix, buf);
+      out = hashKey(r.seed, std::string_view(reinterpret_cast<char*>(buf), n));
+      return true;
+    }
+    case KeyKind::kIpRoute: {
+      size_t at = text.rfind('@');
+      l4::IpAddress a;
+      if (at == std::string_view::npos || !l4::IpAddress::parse(text.substr(0, at), a)) {
+        if (err != nullptr) *err = "rule " + r.name + " counts address and route: give ADDRESS@ROUTE";
+        return false;
+      }
+      size_t n = maskedAddress(a, r.v4Prefix, r.v6Prefix, buf);
+      uint64_t routeSeed = hashKey(r.seed, text.substr(at + 1)).lo;
+      out = hashKey(routeSeed, std::string_view(reinterpret_cast<char*>(buf), n));
+      return true;
+    }
+    case KeyKind::kHeader:
+    case KeyKind::kCookie:
+      out = hashKey(r.seed, text);
+      return true;
+  }
+  return false;
+}
+
+namespace {
+
 uint64_t ceilSeconds(uint64_t ns) { return (ns + 999'999'999) / 1'000'000'000; }
 
 void appendNumber(std::string& out, uint64_t v) {

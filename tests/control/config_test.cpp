@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "moat/control/config_json.h"
+
 namespace moat::control {
 namespace {
 
@@ -528,6 +530,444 @@ TEST(ConfigRange, PathPrefixMustStartWithSlash) {
               "routes[0].pathPrefix", "must start with \"/\"");
 }
 
+// ---- health checks, outlier detection, drain ------------------------------------
+
+TEST(ConfigHealth, FieldsAreStored) {
+  Config c = expectValid(doc(pool(R"({"name": "p",
+      "backends": [{"address": "10.0.0.1", "port": 80, "drain": true},
+                   {"address": "10.0.0.2", "port": 80}],
+      "healthCheck": {"type": "https", "intervalMs": 500, "timeoutMs": 500, "rise": 1,
+                      "fall": 100, "jitterPct": 0, "path": "/healthz?full=1",
+                      "host": "app.test", "expectStatus": "204", "bodyContains": "ok"},
+      "outlierDetection": {"consecutiveFailures": 1, "baseEjectMs": 100,
+                           "maxEjectMs": 100, "maxEjectPercent": 0}})")));
+  const PoolConfig& p = c.pools.at(0);
+  EXPECT_TRUE(p.backends.at(0).drain);
+  EXPECT_FALSE(p.backends.at(1).drain);
+  const HealthCheckConfig& h = p.healthCheck;
+  EXPECT_TRUE(h.enabled);
+  EXPECT_EQ(h.type, HealthCheckType::kHttps);
+  EXPECT_EQ(h.intervalMs, 500u);
+  EXPECT_EQ(h.timeoutMs, 500u);
+  EXPECT_EQ(h.rise, 1u);
+  EXPECT_EQ(h.fall, 100u);
+  EXPECT_EQ(h.jitterPct, 0u);
+  EXPECT_EQ(h.path, "/healthz?full=1");
+  EXPECT_EQ(h.host, "app.test");
+  EXPECT_EQ(h.expectStatusMin, 204u);
+  EXPECT_EQ(h.expectStatusMax, 204u);
+  EXPECT_EQ(h.bodyContains, "ok");
+  const OutlierDetectionConfig& o = p.outlierDetection;
+  EXPECT_TRUE(o.enabled);
+  EXPECT_EQ(o.consecutiveFailures, 1u);
+  EXPECT_EQ(o.baseEjectMs, 100u);
+  EXPECT_EQ(o.maxEjectMs, 100u);
+  EXPECT_EQ(o.maxEjectPercent, 0u);
+}
+
+TEST(ConfigHealth, AbsentMeansOffAndEmptyObjectMeansDefaults) {
+  Config off = expectValid(doc(pool(R"({"name": "p"})")));
+  EXPECT_EQ(off.pools[0].healthCheck, HealthCheckConfig{});
+  EXPECT_EQ(off.pools[0].outlierDetection, OutlierDetectionConfig{});
+  EXPECT_FALSE(off.pools[0].healthCheck.enabled);
+
+  Config on = expectValid(doc(pool(R"({"name": "p", "healthCheck": {}, "outlierDetection": {}})")));
+  HealthCheckConfig h;
+  h.enabled = true;
+  EXPECT_EQ(on.pools[0].healthCheck, h);
+  EXPECT_EQ(on.pools[0].healthCheck.type, HealthCheckType::kHttp);
+  OutlierDetectionConfig o;
+  o.enabled = true;
+  EXPECT_EQ(on.pools[0].outlierDetection, o);
+}
+
+TEST(ConfigHealth, ExpectStatusForms) {
+  auto parsed = [](const std::string& v) {
+    return expectValid(doc(pool(R"({"name": "p", "healthCheck": {"expectStatus": )" + v + "}}")))
+        .pools[0]
+        .healthCheck;
+  };
+  HealthCheckConfig range = parsed(R"("200-299")");
+  EXPECT_EQ(range.expectStatusMin, 200u);
+  EXPECT_EQ(range.expectStatusMax, 299u);
+  HealthCheckConfig one = parsed("301");
+  EXPECT_EQ(one.expectStatusMin, 301u);
+  EXPECT_EQ(one.expectStatusMax, 301u);
+  for (const char* bad : {R"("2xx")", R"("399-200")", R"("200-")", R"(" 200")", R"("")", "600",
+                          "99", "200.0", "-200", R"("200-600")"}) {
+    expectError(doc(pool(std::string(R"({"name": "p", "healthCheck": {"expectStatus": )") + bad +
+                         "}}")),
+                "pools[0].healthCheck.expectStatus", "must be a status such as 204");
+  }
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"expectStatus": [200]}})")),
+              "pools[0].healthCheck.expectStatus", "expected an integer or a string, got array");
+}
+
+TEST(ConfigHealth, BadType) {
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"type": "udp"}})")),
+              "pools[0].healthCheck.type", "unknown type \"udp\" (allowed: tcp, http, https)");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"type": 1}})")),
+              "pools[0].healthCheck.type", "expected a string, got number");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": true})")), "pools[0].healthCheck",
+              "expected an object, got boolean");
+  expectError(doc(pool(R"({"name": "p", "outlierDetection": []})")),
+              "pools[0].outlierDetection", "expected an object, got array");
+  expectError(doc(pool(R"({"name": "p", "backends": [{"address": "::1", "port": 1,
+      "drain": "yes"}]})")),
+              "pools[0].backends[0].drain", "expected true or false, got string");
+}
+
+TEST(ConfigHealth, TimeoutMustNotExceedInterval) {
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"intervalMs": 1000, "timeoutMs": 1001}})")),
+              "pools[0].healthCheck.timeoutMs", "must be <= intervalMs (1000), got 1001");
+  // Order does not matter, and the default timeout (1000) counts too.
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"timeoutMs": 3000}})")),
+              "pools[0].healthCheck.timeoutMs", "must be <= intervalMs (2000), got 3000");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"intervalMs": 500}})")),
+              "pools[0].healthCheck.timeoutMs", "the default 1000 must be <= intervalMs (500)");
+  // An out-of-range value is one error, not two.
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"intervalMs": 50, "timeoutMs": 100}})")),
+              "pools[0].healthCheck.intervalMs", "must be 100..3600000 ms, got 50");
+}
+
+TEST(ConfigHealth, Ranges) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"("intervalMs": 3600001)", "intervalMs"}, {R"("timeoutMs": 9)", "timeoutMs"},
+      {R"("rise": 0)", "rise"},                   {R"("fall": 101)", "fall"},
+      {R"("jitterPct": 51)", "jitterPct"},
+  };
+  for (const auto& [field, name] : cases) {
+    expectError(doc(pool(R"({"name": "p", "healthCheck": {)" + field + "}}")),
+                "pools[0].healthCheck." + name, "must be ");
+  }
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"path": "healthz"}})")),
+              "pools[0].healthCheck.path", "must start with \"/\"");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"path": "/a b"}})")),
+              "pools[0].healthCheck.path", "no space or control character");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"path": "/a\r\nX-Evil: 1"}})")),
+              "pools[0].healthCheck.path", "no space or control character");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"host": "a\nb"}})")),
+              "pools[0].healthCheck.host", "is not a Host header value");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"interval": 1000}})")),
+              "pools[0].healthCheck.interval", "unknown field");
+  expectError(doc(pool(R"({"name": "p", "healthCheck": {"enabled": true}})")),
+              "pools[0].healthCheck.enabled", "unknown field");
+}
+
+TEST(ConfigOutlier, MaxEjectNotBelowBase) {
+  expectError(doc(pool(R"({"name": "p", "outlierDetection": {"baseEjectMs": 5000,
+      "maxEjectMs": 4999}})")),
+              "pools[0].outlierDetection.maxEjectMs", "must be >= baseEjectMs (5000), got 4999");
+  expectError(doc(pool(R"({"name": "p", "outlierDetection": {"baseEjectMs": 400000}})")),
+              "pools[0].outlierDetection.maxEjectMs",
+              "the default 300000 must be >= baseEjectMs (400000)");
+  expectError(doc(pool(R"({"name": "p", "outlierDetection": {"maxEjectMs": 86400001}})")),
+              "pools[0].outlierDetection.maxEjectMs", "must be 100..86400000 ms");
+  expectError(doc(pool(R"({"name": "p", "outlierDetection": {"consecutiveFailures": 0}})")),
+              "pools[0].outlierDetection.consecutiveFailures", "must be 1..1000");
+  expectError(doc(pool(R"({"name": "p", "outlierDetection": {"maxEjectPercent": 101}})")),
+              "pools[0].outlierDetection.maxEjectPercent", "must be 0..100%");
+  expectError(doc(pool(R"({"name": "p", "outlierDetection": {"baseEjectMs": 99}})")),
+              "pools[0].outlierDetection.baseEjectMs", "must be 100..3600000 ms");
+}
+
+// ---- geo -------------------------------------------------------------------------
+
+constexpr const char* kZones = R"("geo": {"sources": [{"type": "zones", "path": "/var/lib/geo"}]})";
+
+std::string geoListener(const std::string& geo) {
+  return R"({"listeners": [{"address": "127.0.0.1", "port": 8080, "geo": )" + geo + "}]";
+}
+
+TEST(ConfigGeo, FieldsAreStored) {
+  Config c = expectValid(geoListener(R"({"mode": "allow", "countries": ["de", "Fr", "US"],
+      "allowCidrs": ["10.0.0.0/8"], "denyCidrs": ["192.0.2.0/24", "2001:db8::/32"]})") + R"(,
+      "geo": {"sources": [
+        {"type": "maxmind_csv", "blocksIpv4": "/g/b4.csv", "locations": "/g/loc.csv"},
+        {"type": "mmdb", "path": "/g/country.mmdb"},
+        {"type": "zones", "path": "/g/zones"}]}})");
+  const GeoPolicyConfig& g = c.listeners.at(0).geo;
+  EXPECT_TRUE(g.enabled);
+  EXPECT_TRUE(g.allowMode);
+  EXPECT_EQ(g.countries, (std::vector<std::string>{"DE", "FR", "US"}));
+  EXPECT_EQ(g.allowCidrs, (std::vector<std::string>{"10.0.0.0/8"}));
+  EXPECT_EQ(g.denyCidrs, (std::vector<std::string>{"192.0.2.0/24", "2001:db8::/32"}));
+  ASSERT_EQ(c.geo.sources.size(), 3u);
+  EXPECT_EQ(c.geo.sources[0].type, GeoSourceType::kMaxmindCsv);
+  EXPECT_EQ(c.geo.sources[0].blocksIpv4, "/g/b4.csv");
+  EXPECT_EQ(c.geo.sources[0].blocksIpv6, "");
+  EXPECT_EQ(c.geo.sources[0].locations, "/g/loc.csv");
+  EXPECT_EQ(c.geo.sources[1].type, GeoSourceType::kMmdb);
+  EXPECT_EQ(c.geo.sources[1].path, "/g/country.mmdb");
+  EXPECT_EQ(c.geo.sources[2].type, GeoSourceConfig::GeoSourceType::kZones);
+
+  Config plain = expectValid(doc());
+  EXPECT_FALSE(plain.listeners[0].geo.enabled);
+  EXPECT_TRUE(plain.geo.sources.empty());
+  // Only CIDR lists: no database needed; deny is the default mode.
+  Config cidrOnly = expectValid(geoListener(R"({"denyCidrs": ["192.0.2.0/24"]})") + "}");
+  EXPECT_TRUE(cidrOnly.listeners[0].geo.enabled);
+  EXPECT_FALSE(cidrOnly.listeners[0].geo.allowMode);
+}
+
+TEST(ConfigGeo, BadCountryCode) {
+  for (const char* bad : {"DEU", "D", "", "1A", "D-"}) {
+    expectError(geoListener(std::string(R"({"countries": ["DE", ")") + bad + "\"]}") + ", " +
+                    kZones + "}",
+                "listeners[0].geo.countries[1]", "is not an ISO 3166-1 alpha-2 country code");
+  }
+  expectError(geoListener(R"({"countries": "DE"})") + ", " + kZones + "}",
+              "listeners[0].geo.countries", "expected an array, got string");
+}
+
+TEST(ConfigGeo, CountriesNeedSources) {
+  expectError(geoListener(R"({"countries": ["DE"]})") + "}", "listeners[0].geo.countries",
+              "needs geo.sources");
+  expectError(geoListener(R"({"countries": ["DE"]})") + R"(, "geo": {"sources": []}})",
+              "listeners[0].geo.countries", "needs geo.sources");
+  // geo may come before or after the listeners.
+  expectValid(std::string("{") + kZones + ", " + geoListener(R"({"countries": ["DE"]})").substr(1) +
+              "}");
+}
+
+TEST(ConfigGeo, PolicyErrors) {
+  expectError(geoListener(R"({"mode": "block"})") + "}", "listeners[0].geo.mode",
+              "must be \"deny\" or \"allow\"");
+  expectError(geoListener(R"({"allowCidrs": ["10.0.0.1/8"]})") + "}",
+              "listeners[0].geo.allowCidrs[0]", "");
+  expectError(geoListener(R"({"country": ["DE"]})") + "}", "listeners[0].geo.country",
+              "unknown field");
+}
+
+TEST(ConfigGeo, SourceErrors) {
+  auto src = [](const std::string& s) { return doc(R"("geo": {"sources": [)" + s + "]}"); };
+  expectError(src(R"({"type": "ip2location", "path": "/x"})"), "geo.sources[0].type",
+              "unknown type \"ip2location\" (allowed: zones, maxmind_csv, mmdb)");
+  expectError(src(R"({"path": "/x"})"), "geo.sources[0].type", "missing required field");
+  expectError(src(R"({"type": "zones"})"), "geo.sources[0].path", "missing required field");
+  expectError(src(R"({"type": "mmdb", "path": ""})"), "geo.sources[0].path", "must not be empty");
+  expectError(src(R"({"type": "maxmind_csv", "blocksIpv6": "/b6.csv"})"),
+              "geo.sources[0].locations", "missing required field");
+  expectError(src(R"({"type": "maxmind_csv", "locations": "/l.csv"})"),
+              "geo.sources[0].blocksIpv4", "blocksIpv4 or blocksIpv6");
+  expectError(src(R"({"type": "maxmind_csv", "path": "/x", "blocksIpv4": "/b4.csv",
+      "locations": "/l.csv"})"),
+              "geo.sources[0].path", "only for type \"zones\" or \"mmdb\"");
+  expectError(src(R"({"type": "zones", "path": "/x", "locations": "/l.csv"})"),
+              "geo.sources[0].locations", "only for type \"maxmind_csv\"");
+  expectError(src(R"({"type": "zones", "path": "/x", "file": "/y"})"), "geo.sources[0].file",
+              "unknown field");
+  expectError(doc(R"("geo": {"source": []})"), "geo.source", "unknown field");
+  expectError(doc(R"("geo": [])"), "geo", "expected an object, got array");
+}
+
+// ---- configToJson and diffConfigs ---------------------------------------------------
+
+// Every field of every section given a value other than its default.
+constexpr const char* kEverything = R"({
+  "workers": 3,
+  "listeners": [
+    {"name": "plain", "address": "0.0.0.0", "port": 80, "protocol": "http",
+     "proxyProtocol": true,
+     "geo": {"mode": "allow", "countries": ["de", "AT"], "allowCidrs": ["10.0.0.0/8"],
+             "denyCidrs": ["2001:db8::/32"]}},
+    {"address": "::", "port": 443, "protocol": "https",
+     "tls": {"certificates": [{"cert": "/c1.pem", "key": "/k1.pem", "ocsp": "/o1.der"},
+                              {"cert": "/c2.pem", "key": "/k2.pem"}],
+             "minVersion": "1.2", "ciphersuites": "TLS_AES_128_GCM_SHA256",
+             "ciphers": "ECDHE-RSA-AES128-GCM-SHA256", "groups": "P-384",
+             "alpn": ["http/1.0", "http/1.1"], "sessionTickets": false,
+             "ticketKeyFile": "/ticket.key", "ticketRotateS": 600,
+             "clientAuth": {"caFile": "/ca.pem", "required": false, "subjectHeader": "X-DN"}},
+     "geo": {"denyCidrs": ["192.0.2.0/24"]}}
+  ],
+  "pools": [
+    {"name": "web", "balance": "maglev", "maglevTableSize": 251, "maxIdlePerWorker": 7,
+     "backends": [{"address": "10.0.0.1", "port": 8081, "weight": 3, "drain": true},
+                  {"address": "fd00::1", "port": 8082, "weight": 0}],
+     "tls": {"caFile": "/up-ca.pem", "verify": false, "sni": "web.internal"},
+     "healthCheck": {"type": "https", "intervalMs": 5000, "timeoutMs": 700, "rise": 4,
+                     "fall": 6, "jitterPct": 20, "path": "/health", "host": "web.internal",
+                     "expectStatus": "200-204", "bodyContains": "up"},
+     "outlierDetection": {"consecutiveFailures": 9, "baseEjectMs": 1000, "maxEjectMs": 60000,
+                          "maxEjectPercent": 25}},
+    {"name": "tcp", "balance": "least_connections",
+     "healthCheck": {"type": "tcp", "expectStatus": 204}}
+  ],
+  "routes": [{"host": "Example.com", "pathPrefix": "/api/", "pool": "web", "waf": false},
+             {"pool": "tcp"}],
+  "timeouts": {"connectMs": 1, "requestHeaderMs": 2, "idleMs": 3, "upstreamResponseMs": 4},
+  "limits": {"maxHeaderBytes": 4096, "maxRequestLine": 1024, "maxHeaders": 10},
+  "logging": {"level": "error", "accessLog": "/var/log/moat.log"},
+  "rateLimit": {
+    "enabled": false, "maxKeys": 5000, "trustedProxies": ["10.1.0.0/16"],
+    "allow": ["127.0.0.1"], "deny": ["203.0.113.0/24"],
+    "escalation": {"after": 50, "cooldownS": 60},
+    "rules": [
+      {"name": "burst", "algorithm": "token_bucket", "limit": 10, "periodS": 1, "burst": 20,
+       "key": "header:X-Api-Key", "ipv4Prefix": 24, "ipv6Prefix": 48,
+       "listeners": ["plain"], "hosts": ["API.example.com"], "pathPrefixes": ["/login"],
+       "dryRun": true, "headers": true},
+      {"name": "window", "algorithm": "sliding_window", "limit": 100, "periodS": 60,
+       "key": "cookie:Session"},
+      {"name": "route", "key": "ip_route"}
+    ]
+  },
+  "waf": {"enabled": true, "mode": "detect", "paranoia": 3, "inboundThreshold": 10,
+          "outboundThreshold": 8, "setup": "", "rules": ["/r1.conf", "/r2"],
+          "unicodeMap": "/unicode.mapping", "requestBodyLimit": 1000,
+          "bodyLimitAction": "inspect", "cacheDir": "", "auditLog": "/audit.jsonl",
+          "disableRules": [920350, 942100],
+          "excludeTargets": [{"rule": 942100, "target": "ARGS:password"},
+                             {"rule": 941100, "target": "REQUEST_COOKIES:/^_ga/"}]},
+  "geo": {"sources": [
+    {"type": "zones", "path": "/geo/zones"},
+    {"type": "maxmind_csv", "blocksIpv4": "/geo/b4.csv", "blocksIpv6": "/geo/b6.csv",
+     "locations": "/geo/loc.csv"},
+    {"type": "mmdb", "path": "/geo/c.mmdb"}]}
+})";
+
+void expectRoundTrip(const Config& c) {
+  for (bool pretty : {true, false}) {
+    const std::string text = configToJson(c, pretty);
+    SCOPED_TRACE(text);
+    ConfigResult r = parseConfig(text);
+    ASSERT_TRUE(r.errors.empty()) << dump(r);
+    EXPECT_TRUE(*r.config == c);
+    EXPECT_EQ(configToJson(*r.config, pretty), text);  // and stable
+    EXPECT_EQ(text.find('\n') != std::string::npos, pretty);
+  }
+}
+
+TEST(ConfigJson, DefaultRoundTrips) {
+  ConfigResult r = parseConfig(defaultConfigJson());
+  ASSERT_TRUE(r.config.has_value()) << dump(r);
+  expectRoundTrip(*r.config);
+  // Defaults are written out, not left implicit.
+  const std::string text = configToJson(*r.config, false);
+  for (const char* member : {R"("maglevTableSize":65537)", R"("drain":false)", R"("waf":{)",
+                             R"("geo":{"sources":[]})", R"("escalation":{"after":0)"}) {
+    EXPECT_NE(text.find(member), std::string::npos) << member << "\n" << text;
+  }
+  // Features switched on by their object's presence are absent when off.
+  EXPECT_EQ(text.find("healthCheck"), std::string::npos);
+  EXPECT_EQ(text.find("outlierDetection"), std::string::npos);
+  EXPECT_EQ(text.find("\"tls\""), std::string::npos);
+}
+
+TEST(ConfigJson, EveryFieldRoundTrips) {
+  Config c = expectValid(kEverything);
+  // Each section really differs from its default, so the round trip covers it.
+  const ListenerConfig& https = c.listeners.at(1);
+  EXPECT_TRUE(https.tls.allowTls12);
+  EXPECT_EQ(https.tls.certificates.size(), 2u);
+  EXPECT_EQ(https.tls.clientAuth.subjectHeader, "x-dn");
+  EXPECT_TRUE(c.listeners[0].geo.allowMode);
+  EXPECT_EQ(c.listeners[0].geo.countries, (std::vector<std::string>{"DE", "AT"}));
+  EXPECT_TRUE(c.listeners[1].geo.enabled);
+  const PoolConfig& web = c.pools.at(0);
+  EXPECT_TRUE(web.backends.at(0).drain);
+  EXPECT_TRUE(web.tls.enabled);
+  EXPECT_EQ(web.healthCheck.expectStatusMax, 204u);
+  EXPECT_TRUE(web.outlierDetection.enabled);
+  EXPECT_EQ(c.pools.at(1).healthCheck.type, HealthCheckType::kTcp);
+  EXPECT_NE(c.timeouts, TimeoutsConfig{});
+  EXPECT_NE(c.limits, LimitsConfig{});
+  EXPECT_NE(c.logging, LoggingConfig{});
+  ASSERT_EQ(c.rateLimit.rules.size(), 3u);
+  EXPECT_EQ(c.rateLimit.rules[0].keyName, "x-api-key");
+  EXPECT_EQ(c.rateLimit.rules[0].burst, 20u);
+  EXPECT_EQ(c.rateLimit.rules[1].keyName, "Session");
+  EXPECT_EQ(c.waf.excludeTargets.size(), 2u);
+  EXPECT_EQ(c.geo.sources.size(), 3u);
+
+  expectRoundTrip(c);
+}
+
+TEST(ConfigJson, ExampleFileRoundTrips) {
+  ConfigResult r = loadConfigFile(exampleFile().string());
+  ASSERT_TRUE(r.config.has_value()) << dump(r);
+  expectRoundTrip(*r.config);
+}
+
+TEST(ConfigJson, ConfigsCompareByValue) {
+  Config a = expectValid(kEverything);
+  Config b = expectValid(kEverything);
+  EXPECT_TRUE(a == b);
+  b.pools[0].healthCheck.bodyContains = "down";
+  EXPECT_FALSE(a == b);
+  b = a;
+  b.geo.sources[1].blocksIpv6.clear();
+  EXPECT_FALSE(a == b);
+}
+
+Config twoPools() {
+  Config c = expectValid(std::string(defaultConfigJson()));
+  PoolConfig api;
+  api.name = "api";
+  api.backends.push_back(BackendConfig{"10.0.0.9", 9000, 1, false});
+  c.pools.push_back(api);
+  return c;
+}
+
+TEST(ConfigDiff, EqualConfigsHaveNoDiff) {
+  EXPECT_TRUE(diffConfigs(twoPools(), twoPools()).empty());
+}
+
+TEST(ConfigDiff, ChangedWeight) {
+  Config before = twoPools();
+  Config after = before;
+  after.pools[0].backends[1].weight = 2;
+  const std::vector<ConfigDiffEntry> want = {{"pools[0].backends[1].weight", "1", "2"}};
+  EXPECT_EQ(diffConfigs(before, after), want);
+}
+
+TEST(ConfigDiff, AddedBackend) {
+  Config before = twoPools();
+  Config after = before;
+  after.pools[0].backends.push_back(BackendConfig{"10.0.0.5", 80, 2, false});
+  const std::vector<ConfigDiffEntry> want = {
+      {"pools[0].backends[2]", "",
+       R"({"address":"10.0.0.5","port":80,"weight":2,"drain":false})"}};
+  EXPECT_EQ(diffConfigs(before, after), want);
+}
+
+TEST(ConfigDiff, RemovedPool) {
+  Config before = twoPools();
+  Config after = before;
+  after.pools.pop_back();
+  const std::vector<ConfigDiffEntry> want = {
+      {"pools[1]",
+       R"({"name":"api","balance":"round_robin","maglevTableSize":65537,"maxIdlePerWorker":64,)"
+       R"("backends":[{"address":"10.0.0.9","port":9000,"weight":1,"drain":false}]})",
+       ""}};
+  EXPECT_EQ(diffConfigs(before, after), want);
+}
+
+TEST(ConfigDiff, SeveralChangesInDocumentOrder) {
+  Config before = twoPools();
+  Config after = before;
+  after.waf.paranoia = 2;
+  after.pools[1].healthCheck.enabled = true;  // an object that appears
+  after.pools[0].backends[0].drain = true;
+  after.listeners[0].port = 8443;
+  const std::vector<ConfigDiffEntry> diff = diffConfigs(before, after);
+  std::vector<std::string> paths;
+  for (const ConfigDiffEntry& e : diff) paths.push_back(e.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{"listeners[0].port", "pools[0].backends[0].drain",
+                                             "pools[1].healthCheck", "waf.paranoia"}));
+  ASSERT_EQ(diff.size(), 4u);
+  EXPECT_EQ(diff[1].oldJson, "false");
+  EXPECT_EQ(diff[1].newJson, "true");
+  EXPECT_EQ(diff[2].oldJson, "");
+  EXPECT_EQ(diff[2].newJson.rfind(R"({"type":"http","intervalMs":2000,)", 0), 0u) << diff[2].newJson;
+  // And back: the object is removed.
+  const std::vector<ConfigDiffEntry> back = diffConfigs(after, before);
+  ASSERT_EQ(back.size(), 4u);
+  EXPECT_EQ(back[2].path, "pools[1].healthCheck");
+  EXPECT_EQ(back[2].newJson, "");
+}
+
 // ---- many errors -------------------------------------------------------------
 
 TEST(ConfigMulti, EveryErrorInDocumentOrder) {
@@ -618,6 +1058,10 @@ TEST(ConfigNames, ToString) {
   EXPECT_STREQ(toString(BalanceAlgorithm::kMaglev), "maglev");
   EXPECT_STREQ(toString(ListenerProtocol::kHttp), "http");
   EXPECT_STREQ(toString(LogLevel::kWarn), "warn");
+  EXPECT_STREQ(toString(HealthCheckType::kTcp), "tcp");
+  EXPECT_STREQ(toString(HealthCheckType::kHttps), "https");
+  EXPECT_STREQ(toString(GeoSourceType::kMaxmindCsv), "maxmind_csv");
+  EXPECT_STREQ(toString(GeoSourceType::kMmdb), "mmdb");
   EXPECT_EQ((ConfigError{"", "bad"}).toString(), "bad");
 }
 

@@ -68,7 +68,7 @@ class Moatd:
     # a WAF config that misses the Hyperscan cache compiles the CRS first
     # (seconds in release, a minute or more under sanitizers on a busy host).
     # If moatd never listens it is killed, so no orphan outlives the test.
-    def __init__(self, config, workers=2, start_timeout=300.0):
+    def __init__(self, config, workers=2, start_timeout=300.0, extra_args=()):
         self.dir = tempfile.mkdtemp(prefix="moat-it-")
         self.port = config["listeners"][0]["port"]
         self.config_path = os.path.join(self.dir, "moat.json")
@@ -76,7 +76,14 @@ class Moatd:
         self.workers = workers
         self.write(config)
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
-        self.proc = subprocess.Popen([MOATD, "--config", self.config_path], stderr=self.stderr)
+        # Each moatd keeps its versions and admin token in its own directory
+        # and serves the admin API on its own port.
+        self.state_dir = os.path.join(self.dir, "state")
+        self.admin_port = free_port()
+        self.token_file = os.path.join(self.state_dir, "admin.token")
+        self.proc = subprocess.Popen([MOATD, "--config", self.config_path, "--state-dir", self.state_dir,
+                                      "--admin", f"127.0.0.1:{self.admin_port}"] + list(extra_args),
+                                     stderr=self.stderr)
         try:
             wait_port(self.port, timeout=start_timeout, proc=self.proc)
         except RuntimeError as e:

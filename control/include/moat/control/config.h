@@ -61,6 +61,19 @@ struct UpstreamTlsConfig {
 enum class BalanceAlgorithm : uint8_t { kRoundRobin, kLeastConnections, kMaglev };
 enum class LogLevel : uint8_t { kDebug, kInfo, kWarn, kError };
 
+// Per-listener country filter ("geo": {...}), answered from the tables the
+// top-level geo.sources build. Order of checks: allowCidrs (pass), denyCidrs
+// (block), then the client's country against `countries`.
+struct GeoPolicyConfig {
+  bool enabled = false;    // true when the "geo" object is present
+  bool allowMode = false;  // "mode": "deny" (default) or "allow": only listed countries
+                           // pass, a client whose country is unknown is blocked
+  std::vector<std::string> countries;   // ISO 3166-1 alpha-2, stored uppercase
+  std::vector<std::string> allowCidrs;  // always let through (checked first)
+  std::vector<std::string> denyCidrs;   // always blocked (checked second)
+  bool operator==(const GeoPolicyConfig&) const = default;
+};
+
 struct ListenerConfig {
   std::string name;     // unique; defaults to "<address>:<port>" ("[<v6>]:<port>" for IPv6)
   std::string address;  // IPv4 or IPv6 literal
@@ -70,12 +83,56 @@ struct ListenerConfig {
   // only from rateLimit.trustedProxies (others are closed and counted).
   bool proxyProtocol = false;
   TlsListenerConfig tls;  // protocol https only
+  GeoPolicyConfig geo;    // needs Config::geo.sources when it lists countries
+  bool operator==(const ListenerConfig&) const = default;
 };
 
 struct BackendConfig {
   std::string address;  // IPv4 or IPv6 literal
   uint16_t port = 0;
   uint32_t weight = 1;  // 0..1000; 0 = takes no new requests
+  // Operator drain: no new requests, in-flight ones finish. Kept apart from
+  // weight so enabling the backend again restores its share.
+  bool drain = false;
+  bool operator==(const BackendConfig&) const = default;
+};
+
+enum class HealthCheckType : uint8_t { kTcp, kHttp, kHttps };
+
+// Active health checks of every backend of a pool ("healthCheck": {...}).
+// A backend starts unknown, becomes healthy after `rise` passes in a row and
+// unhealthy after `fall` failures in a row. The http(s)-only fields are
+// accepted (and validated) for tcp too, and then ignored.
+struct HealthCheckConfig {
+  using HealthCheckType = ::moat::control::HealthCheckType;  // also spelled as a member
+  bool enabled = false;  // true when the "healthCheck" object is present
+  HealthCheckType type = HealthCheckType::kHttp;
+  uint32_t intervalMs = 2000;  // 100..3600000
+  uint32_t timeoutMs = 1000;   // 10..60000 and <= intervalMs
+  uint32_t rise = 2;           // 1..100
+  uint32_t fall = 3;           // 1..100
+  uint32_t jitterPct = 10;     // 0..50: each interval is randomised by +-jitterPct%
+  std::string path = "/";      // http(s) request target: starts with '/', no CR, LF or space
+  std::string host;            // http(s) Host header; "" = the backend's address
+  // http(s): a status in [min, max] passes. "expectStatus": "200-399", "204" or 204.
+  uint32_t expectStatusMin = 200;
+  uint32_t expectStatusMax = 399;
+  std::string bodyContains;  // http(s): the body must contain this; "" = not checked
+  // kHttps uses the pool's `tls` (caFile, verify, sni) when it has one, else
+  // accepts any certificate.
+  bool operator==(const HealthCheckConfig&) const = default;
+};
+
+// Passive checks ("outlierDetection": {...}): a backend whose requests fail
+// `consecutiveFailures` times in a row (connect failure or a 5xx) is ejected
+// for baseEjectMs, doubling on each further ejection up to maxEjectMs.
+struct OutlierDetectionConfig {
+  bool enabled = false;              // true when the "outlierDetection" object is present
+  uint32_t consecutiveFailures = 5;  // 1..1000
+  uint32_t baseEjectMs = 30000;      // 100..3600000
+  uint32_t maxEjectMs = 300000;      // baseEjectMs..86400000
+  uint32_t maxEjectPercent = 50;     // 0..100: never more than this share of a pool's backends
+  bool operator==(const OutlierDetectionConfig&) const = default;
 };
 
 struct PoolConfig {
@@ -85,6 +142,9 @@ struct PoolConfig {
   uint32_t maxIdlePerWorker = 64;    // idle keep-alive connections kept per backend per worker
   UpstreamTlsConfig tls;             // "tls": {...} present = TLS to every backend
   std::vector<BackendConfig> backends;  // may be empty: requests get 503
+  HealthCheckConfig healthCheck;
+  OutlierDetectionConfig outlierDetection;
+  bool operator==(const PoolConfig&) const = default;
 };
 
 struct RouteConfig {
@@ -92,6 +152,7 @@ struct RouteConfig {
   std::string pathPrefix = "/";
   std::string pool;        // name of a pool
   bool waf = true;         // run the WAF on this route (when waf.enabled)
+  bool operator==(const RouteConfig&) const = default;
 };
 
 struct TimeoutsConfig {
@@ -99,17 +160,20 @@ struct TimeoutsConfig {
   uint32_t requestHeaderMs = 10000;    // client must send a full head within this
   uint32_t idleMs = 60000;             // client keep-alive idle
   uint32_t upstreamResponseMs = 30000; // upstream must start answering within this
+  bool operator==(const TimeoutsConfig&) const = default;
 };
 
 struct LimitsConfig {
   uint32_t maxHeaderBytes = 32768;
   uint32_t maxRequestLine = 8192;
   uint32_t maxHeaders = 100;
+  bool operator==(const LimitsConfig&) const = default;
 };
 
 struct LoggingConfig {
   LogLevel level = LogLevel::kInfo;
   std::string accessLog = "-";  // "-" stdout, "" off, else a file path
+  bool operator==(const LoggingConfig&) const = default;
 };
 
 enum class RateLimitAlgorithm : uint8_t { kTokenBucket, kSlidingWindow };
@@ -130,6 +194,7 @@ struct RateLimitRuleConfig {
   std::vector<std::string> pathPrefixes;  // empty = all
   bool dryRun = false;    // count and log, never refuse
   bool headers = false;   // RateLimit headers on allowed responses too
+  bool operator==(const RateLimitRuleConfig&) const = default;
 };
 
 struct RateLimitConfig {
@@ -141,6 +206,7 @@ struct RateLimitConfig {
   uint32_t escalateAfter = 0;        // 429s within escalateCooldownS that ban a client; 0 = off
   uint32_t escalateCooldownS = 600;  // how long a banned client's connections are dropped
   std::vector<RateLimitRuleConfig> rules{RateLimitRuleConfig{}};  // default: 2000 / 5 min / IP
+  bool operator==(const RateLimitConfig&) const = default;
 };
 
 // The WAF: a ModSecurity rule set (normally Debian's OWASP CRS) compiled by
@@ -170,6 +236,25 @@ struct WafConfig {
   bool operator==(const WafConfig&) const = default;
 };
 
+enum class GeoSourceType : uint8_t { kZones, kMaxmindCsv, kMmdb };
+
+// One country database. The files are read when the geo tables are built (at
+// start, on reload and on POST /api/v1/geo/reload), not by parseConfig.
+struct GeoSourceConfig {
+  using GeoSourceType = ::moat::control::GeoSourceType;  // also spelled as a member
+  GeoSourceType type = GeoSourceType::kZones;  // "zones", "maxmind_csv", "mmdb"; required
+  std::string path;        // zones: directory of <cc>.zone files; mmdb: the .mmdb file
+  std::string blocksIpv4;  // maxmind_csv: GeoLite2-Country-Blocks-IPv4.csv ("" if blocksIpv6 set)
+  std::string blocksIpv6;  // maxmind_csv: GeoLite2-Country-Blocks-IPv6.csv ("" if blocksIpv4 set)
+  std::string locations;   // maxmind_csv: GeoLite2-Country-Locations-en.csv (required)
+  bool operator==(const GeoSourceConfig&) const = default;
+};
+
+struct GeoConfig {
+  std::vector<GeoSourceConfig> sources;  // later sources win where prefixes overlap
+  bool operator==(const GeoConfig&) const = default;
+};
+
 struct Config {
   uint32_t workers = 0;  // 0 = one per online CPU
   std::vector<ListenerConfig> listeners;
@@ -180,12 +265,15 @@ struct Config {
   LoggingConfig logging;
   RateLimitConfig rateLimit;
   WafConfig waf;
+  GeoConfig geo;
+  bool operator==(const Config&) const = default;
 };
 
 struct ConfigError {
   std::string path;     // JSON path, e.g. "pools[0].backends[2].port"
   std::string message;  // e.g. "70000 is not a port"
   std::string toString() const { return path.empty() ? message : path + ": " + message; }
+  bool operator==(const ConfigError&) const = default;
 };
 
 struct ConfigResult {
@@ -210,5 +298,7 @@ const char* toString(BalanceAlgorithm a);
 const char* toString(ListenerProtocol p);
 const char* toString(LogLevel l);
 const char* toString(RateLimitAlgorithm a);
+const char* toString(HealthCheckType t);
+const char* toString(GeoSourceType t);
 
 }  // namespace moat::control

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "moat/control/config.h"
+#include "moat/l4/cidr.h"
 #include "moat/ratelimit/rules.h"
 
 namespace moat::waf {
@@ -32,6 +34,37 @@ class TlsUpstream;
 
 namespace moat::control {
 
+class GeoDb;  // moat/control/geo.h
+
+// Passive health of one backend (outlier detection), shared by every worker
+// and the control thread. Workers write it after each response that went to
+// the backend (relaxed atomics; the success path only reads unless a failure
+// streak is open, so the line stays shared in the common case); the control
+// thread reads it about every 100 ms and ejects the backend when the streak
+// reaches outlierDetection.consecutiveFailures. Owned by the control side's
+// registry for the life of the process (never freed while workers run), so a
+// worker may keep the pointer past the snapshot that gave it.
+struct alignas(64) PassiveHealth {
+  std::atomic<uint32_t> consecutiveFailures{0};  // connect errors, timeouts and 5xx in a row
+  std::atomic<uint64_t> failures{0};              // all failures seen (counter)
+};
+
+// What a snapshot is built from besides the config: runtime state the
+// control thread owns (compiled WAF, TLS contexts, health, geo data).
+struct SnapshotInputs {
+  uint64_t configVersion = 0;  // 0: same as the publication version
+  std::shared_ptr<const waf::Engine> waf;
+  std::vector<std::shared_ptr<const l7::TlsListener>> tlsListeners;
+  std::vector<std::shared_ptr<const l7::TlsUpstream>> tlsPools;
+  // "pool/backendKey" of backends out of service (unhealthy or ejected):
+  // they take no new requests, like drained ones.
+  std::vector<std::string> outOfService;
+  // Passive-health slot of a backend (by backend key, shared by every pool
+  // listing it); null = none. Asked only for pools with outlier detection.
+  std::function<PassiveHealth*(const std::string&)> passiveSlot;
+  std::shared_ptr<const GeoDb> geo;
+};
+
 // Fills `out` from an IPv4 or IPv6 literal (as validated by parseConfig) and
 // a port. Returns false if the literal does not parse. No allocation.
 bool toSocketAddress(const std::string& address, uint16_t port, sockaddr_storage& out,
@@ -41,7 +74,19 @@ struct BackendRuntime {
   std::string key;  // "127.0.0.1:8081" / "[::1]:8081": identity across snapshots
   sockaddr_storage addr{};
   socklen_t addrLen = 0;
-  uint32_t weight = 1;
+  uint32_t weight = 1;        // effective: 0 when drained or out of service
+  uint32_t configWeight = 1;  // as configured
+  bool drained = false;
+  bool outOfService = false;  // health checks or outlier detection took it out
+  PassiveHealth* passive = nullptr;  // null: the pool has no outlier detection
+};
+
+// Geo policy of one listener, compiled: CIDR lists sealed, countries sorted.
+struct ListenerGeoRuntime {
+  bool enabled = false;
+  bool allowMode = false;           // only `countries` pass
+  std::vector<uint16_t> countries;  // packed codes (see geo.h), sorted
+  l4::CidrSet allow, deny;
 };
 
 struct PoolRuntime {
@@ -61,7 +106,8 @@ struct RouteRuntime {
 };
 
 struct Snapshot {
-  uint64_t version = 0;
+  uint64_t version = 0;        // publication sequence: grows with every publish
+  uint64_t configVersion = 0;  // the config version it runs (health changes keep it)
   Config config;
   std::vector<PoolRuntime> pools;
   std::vector<RouteRuntime> routes;  // exact hosts first, then longest prefix first
@@ -75,6 +121,9 @@ struct Snapshot {
   // re-reads certificates and keys. Connections hold their own reference.
   std::vector<std::shared_ptr<const l7::TlsListener>> tlsListeners;
   std::vector<std::shared_ptr<const l7::TlsUpstream>> tlsPools;
+  // Country data (null without geo.sources) and each listener's policy.
+  std::shared_ptr<const GeoDb> geo;
+  std::vector<ListenerGeoRuntime> listenerGeo;
 
   // Route for a request. `host` may carry a port and any case; no
   // allocation. Returns null when nothing matches.
@@ -90,6 +139,8 @@ std::unique_ptr<const Snapshot> buildSnapshot(
     const Config& config, uint64_t version, std::shared_ptr<const waf::Engine> waf = nullptr,
     std::vector<std::shared_ptr<const l7::TlsListener>> tlsListeners = {},
     std::vector<std::shared_ptr<const l7::TlsUpstream>> tlsPools = {});
+std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t version,
+                                              const SnapshotInputs& inputs);
 
 class SnapshotPublisher {
  public:

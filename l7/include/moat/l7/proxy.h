@@ -6,6 +6,7 @@
 // calling thread until stop is requested.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -75,7 +76,8 @@ namespace moat::l7 {
   X(tlsErrors, "tls_errors")                 /* fatal TLS errors after the handshake */ \
   X(tlsClientCerts, "tls_client_certs")      /* verified client certificates (mTLS) */  \
   X(upstreamTlsHandshakes, "upstream_tls_handshakes") /* TLS sessions to backends */    \
-  X(upstreamTlsErrors, "upstream_tls_errors") /* 502: backend TLS failed or unverified */
+  X(upstreamTlsErrors, "upstream_tls_errors") /* 502: backend TLS failed or unverified */ \
+  X(geoBlocked, "geo_blocked")               /* 403 from a listener's geo policy */
 
 struct ProxyCounters {
 #define MOAT_COUNTER_FIELD(field, name) uint64_t field = 0;
@@ -108,8 +110,26 @@ struct RateLimitRuleCounters {
   uint64_t limited = 0;  // of which refused (or, in dry run, would have been)
 };
 
+// Request latency (head received to response done), milliseconds, in
+// Prometheus-style cumulative-free buckets: buckets[i] counts requests with
+// latency <= kLatencyBucketsMs[i] (and > the previous bound); the last slot
+// counts the rest.
+inline constexpr std::array<uint64_t, 13> kLatencyBucketsMs{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000};
+struct LatencyHistogram {
+  std::array<uint64_t, kLatencyBucketsMs.size() + 1> buckets{};
+  uint64_t sumMs = 0;
+  LatencyHistogram& operator+=(const LatencyHistogram& o) {
+    for (size_t i = 0; i < buckets.size(); ++i) buckets[i] += o.buckets[i];
+    sumMs += o.sumMs;
+    return *this;
+  }
+};
+
 struct WorkerReport {
   ProxyCounters counters;
+  LatencyHistogram latency;
+  std::map<std::string, uint64_t> geoBlocked;  // by country ("unknown" when none)
+  std::map<uint32_t, uint64_t> wafRules;         // matches by WAF rule id
   std::map<std::string, NamedCounters> listeners, routes, backends;
   std::map<std::string, RateLimitRuleCounters> rateLimitRules;
   std::vector<ratelimit::TopKeys::Item> topOffenders;  // this worker's most refused keys

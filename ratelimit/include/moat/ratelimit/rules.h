@@ -87,6 +87,13 @@ struct Verdict {
 // admits it. Cost: one Table::check per applicable rule plus the scope tests.
 Verdict evaluate(const Rules& rules, Table& table, const RequestInfo& req, uint64_t nowNs);
 
+// Control side (the admin API's "read / reset a key"). The table key rule `r`
+// counts for an operator-given key: a client address for ip rules ("ip" as
+// an address: masked to the rule's prefix), "ADDRESS@ROUTE" for ip_route
+// rules, the header or cookie value otherwise. False with `err` set when the
+// text does not fit the rule's key kind.
+bool operatorKey(const Rule& r, std::string_view text, KeyHash& out, std::string* err);
+
 // Worker. True if `client` sits in the penalty box (check at accept: the
 // connection is closed before any byte is read).
 bool isBanned(const Rules& rules, const Table& table, const l4::IpAddress& client,

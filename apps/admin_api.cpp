@@ -1,0 +1,721 @@
+#include "admin_api.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+
+#include "moat/control/config_json.h"
+#include "moat/ratelimit/rules.h"
+
+namespace moat::app {
+
+namespace {
+
+using nlohmann::json;
+using control::AdminRequest;
+using control::AdminResponse;
+
+AdminResponse reply(int status, const json& body) {
+  AdminResponse r;
+  r.status = status;
+  r.body = body.dump();
+  return r;
+}
+
+AdminResponse fail(int status, const std::string& msg) { return reply(status, json{{"error", msg}}); }
+
+AdminResponse failErrors(int status, const std::string& msg, const std::vector<control::ConfigError>& errors) {
+  json e = json::array();
+  for (const auto& x : errors) e.push_back({{"path", x.path}, {"message", x.message}});
+  return reply(status, json{{"error", msg}, {"errors", e}});
+}
+
+std::string rfc3339(int64_t unix) {
+  time_t t = static_cast<time_t>(unix);
+  tm g;
+  gmtime_r(&t, &g);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &g);
+  return buf;
+}
+
+std::string backendKey(const control::BackendConfig& b) {
+  return b.address.find(':') != std::string::npos ? "[" + b.address + "]:" + std::to_string(b.port)
+                                                   : b.address + ":" + std::to_string(b.port);
+}
+
+// "10.0.0.5:80" / "[::1]:80" -> comparable (family, bytes, port).
+bool parseBackendKey(const std::string& text, std::string& addrOut, uint16_t& port) {
+  std::string addr;
+  std::string portText;
+  if (!text.empty() && text[0] == '[') {
+    size_t close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') return false;
+    addr = text.substr(1, close - 1);
+    portText = text.substr(close + 2);
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) return false;
+    addr = text.substr(0, colon);
+    portText = text.substr(colon + 1);
+  }
+  if (portText.empty() || portText.size() > 5 ||
+      portText.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  unsigned long p = std::stoul(portText);
+  if (p == 0 || p > 65535) return false;
+  port = static_cast<uint16_t>(p);
+  unsigned char buf[16];
+  if (inet_pton(AF_INET, addr.c_str(), buf) != 1 && inet_pton(AF_INET6, addr.c_str(), buf) != 1) return false;
+  addrOut = addr;
+  return true;
+}
+
+bool sameAddress(const std::string& a, const std::string& b) {
+  unsigned char x[16] = {}, y[16] = {};
+  int fa = inet_pton(AF_INET, a.c_str(), x) == 1 ? 4 : (inet_pton(AF_INET6, a.c_str(), x) == 1 ? 6 : 0);
+  int fb = inet_pton(AF_INET, b.c_str(), y) == 1 ? 4 : (inet_pton(AF_INET6, b.c_str(), y) == 1 ? 6 : 0);
+  return fa != 0 && fa == fb && std::memcmp(x, y, fa == 4 ? 4 : 16) == 0;
+}
+
+json parseBody(const AdminRequest& req, std::string& err) {
+  if (req.body.empty()) {
+    err = "request body is empty; expected a JSON document";
+    return json();
+  }
+  try {
+    return json::parse(req.body);
+  } catch (const json::parse_error& e) {
+    err = std::string("malformed JSON: ") + e.what();
+    return json();
+  }
+}
+
+struct Route {
+  std::string method;
+  std::vector<std::string> pattern;  // "{name}" matches one segment
+  std::function<AdminResponse(const AdminRequest&, const std::map<std::string, std::string>&)> fn;
+};
+
+std::vector<std::string> splitPath(const std::string& path) {
+  std::vector<std::string> out;
+  size_t i = 1;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    out.push_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string AdminApi::metrics() {
+  l7::WorkerReport r = sumReports(app_.workers);
+  std::string s;
+  s.reserve(16384);
+  auto family = [&](const char* name, const char* type, const char* help) {
+    s += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  auto esc = [](const std::string& v) {
+    std::string o;
+    for (char c : v) {
+      if (c == '\\' || c == '"') o += '\\';
+      if (c == '\n') {
+        o += "\\n";
+        continue;
+      }
+      o += c;
+    }
+    return o;
+  };
+  auto sample = [&](const std::string& name, const std::string& labels, uint64_t v) {
+    s += name;
+    if (!labels.empty()) s += "{" + labels + "}";
+    s += " " + std::to_string(v) + "\n";
+  };
+  family("moat_config_version", "gauge", "Config version the appliance runs.");
+  sample("moat_config_version", "", app_.version());
+  family("moat_workers", "gauge", "Worker threads.");
+  sample("moat_workers", "", app_.workerCount());
+  family("moat_uptime_seconds", "gauge", "Seconds since start.");
+  sample("moat_uptime_seconds", "", static_cast<uint64_t>(time(nullptr) - app_.startedUnix()));
+  family("moat_config_rejected_total", "counter", "Config changes refused (nothing changed).");
+  sample("moat_config_rejected_total", "", app_.rejectedConfigs());
+  // Every worker counter, one family each (gauges named as such).
+  r.counters.forEach([&](const char* name, uint64_t v) {
+    std::string n = std::string("moat_") + name;
+    bool gauge = std::strcmp(name, "connections_active") == 0;
+    if (!gauge) n += "_total";
+    family(n.c_str(), gauge ? "gauge" : "counter", "Proxy counter (see l7/include/moat/l7/proxy.h).");
+    sample(n, "", v);
+  });
+  family("moat_request_duration_seconds", "histogram", "Request latency, head received to response done.");
+  {
+    uint64_t cum = 0, count = 0;
+    for (uint64_t b : r.latency.buckets) count += b;
+    for (size_t i = 0; i < l7::kLatencyBucketsMs.size(); ++i) {
+      cum += r.latency.buckets[i];
+      char le[32];
+      std::snprintf(le, sizeof le, "%g", static_cast<double>(l7::kLatencyBucketsMs[i]) / 1000.0);
+      sample("moat_request_duration_seconds_bucket", std::string("le=\"") + le + "\"", cum);
+    }
+    sample("moat_request_duration_seconds_bucket", "le=\"+Inf\"", count);
+    char sum[64];
+    std::snprintf(sum, sizeof sum, "%.3f", static_cast<double>(r.latency.sumMs) / 1000.0);
+    s += std::string("moat_request_duration_seconds_sum ") + sum + "\n";
+    sample("moat_request_duration_seconds_count", "", count);
+  }
+  family("moat_listener_requests_total", "counter", "Requests per listener.");
+  for (const auto& [k, v] : r.listeners) sample("moat_listener_requests_total", "listener=\"" + esc(k) + "\"", v.requests);
+  family("moat_listener_errors_5xx_total", "counter", "5xx answers per listener.");
+  for (const auto& [k, v] : r.listeners) sample("moat_listener_errors_5xx_total", "listener=\"" + esc(k) + "\"", v.errors);
+  family("moat_route_requests_total", "counter", "Requests per route.");
+  for (const auto& [k, v] : r.routes) sample("moat_route_requests_total", "route=\"" + esc(k) + "\"", v.requests);
+  family("moat_backend_requests_total", "counter", "Requests sent per backend.");
+  for (const auto& [k, v] : r.backends) sample("moat_backend_requests_total", "backend=\"" + esc(k) + "\"", v.requests);
+  family("moat_backend_errors_total", "counter", "Failed exchanges per backend (connect errors, timeouts, 5xx).");
+  for (const auto& [k, v] : r.backends) sample("moat_backend_errors_total", "backend=\"" + esc(k) + "\"", v.errors);
+  std::string up, health, ej;
+  for (const auto& p : app_.config().pools) {
+    for (const auto& b : p.backends) {
+      std::string key = backendKey(b);
+      std::string st = app_.backendHealth(p.name, key, nullptr);
+      std::string lab = "pool=\"" + esc(p.name) + "\",backend=\"" + esc(key) + "\"";
+      bool isUp = !b.drain && b.weight > 0 && st != "unhealthy" && st != "ejected";
+      up += "moat_backend_up{" + lab + "} " + (isUp ? "1" : "0") + "\n";
+      for (const char* state : {"unknown", "healthy", "unhealthy", "ejected"}) {
+        health += "moat_backend_health{" + lab + ",state=\"" + state + "\"} " + (st == state ? "1" : "0") + "\n";
+      }
+      auto it = app_.ejections().find(p.name + "/" + key);
+      ej += "moat_backend_ejections_total{" + lab + "} " +
+            std::to_string(it == app_.ejections().end() ? 0 : it->second.total) + "\n";
+    }
+  }
+  {
+    s += "# HELP moat_backend_up 1 when the backend takes new requests (not drained, unhealthy or ejected).\n"
+         "# TYPE moat_backend_up gauge\n" + up;
+    s += "# HELP moat_backend_health Health per backend: 1 for the state it is in.\n# TYPE moat_backend_health gauge\n" + health;
+    s += "# HELP moat_backend_ejections_total Outlier-detection ejections per backend.\n"
+         "# TYPE moat_backend_ejections_total counter\n" + ej;
+  }
+  family("moat_health_transitions_total", "counter", "Backend health transitions (active checks and outlier detection).");
+  sample("moat_health_transitions_total", "", app_.healthTransitions());
+  family("moat_waf_rule_matches_total", "counter", "WAF rule matches per rule id.");
+  for (const auto& [id, n] : r.wafRules) sample("moat_waf_rule_matches_total", "rule=\"" + std::to_string(id) + "\"", n);
+  family("moat_ratelimit_checked_total", "counter", "Requests a rate-limit rule applied to.");
+  for (const auto& [k, v] : r.rateLimitRules) sample("moat_ratelimit_checked_total", "rule=\"" + esc(k) + "\"", v.checked);
+  family("moat_ratelimit_limited_total", "counter", "Requests a rate-limit rule refused (or would have, in dry run).");
+  for (const auto& [k, v] : r.rateLimitRules) sample("moat_ratelimit_limited_total", "rule=\"" + esc(k) + "\"", v.limited);
+  family("moat_geo_blocked_by_country_total", "counter", "Requests refused by a geo policy, per country.");
+  for (const auto& [k, v] : r.geoBlocked) sample("moat_geo_blocked_by_country_total", "country=\"" + esc(k) + "\"", v);
+  family("moat_geo_ranges", "gauge", "Address ranges in the geo database.");
+  sample("moat_geo_ranges", "", app_.geo() != nullptr && app_.geo()->db() ? app_.geo()->db()->entries() : 0);
+  family("moat_geo_load_errors_total", "counter", "Geo source loads that failed (previous data kept).");
+  sample("moat_geo_load_errors_total", "", app_.geo() != nullptr ? app_.geo()->loadErrors() : 0);
+  family("moat_admin_unauthorized_total", "counter", "Admin API requests refused for a missing or wrong token.");
+  sample("moat_admin_unauthorized_total", "", unauthorized_);
+  if (app_.rateTable) {
+    ratelimit::TableStats st = app_.rateTable->stats();
+    family("moat_ratelimit_table_capacity", "gauge", "Keys the rate-limit table holds.");
+    sample("moat_ratelimit_table_capacity", "", app_.rateTable->capacity());
+    family("moat_ratelimit_table_evictions_total", "counter", "Rate-limit keys evicted (idle or active).");
+    sample("moat_ratelimit_table_evictions_total", "reason=\"idle\"", st.evictionsIdle);
+    sample("moat_ratelimit_table_evictions_total", "reason=\"active\"", st.evictionsActive);
+  }
+  return s;
+}
+
+AdminResponse AdminApi::handle(const AdminRequest& req) {
+  const std::string& path = req.path;
+  if (path == "/healthz" && req.method == "GET") return reply(200, json{{"status", "ok"}});
+  if (path == "/readyz" && req.method == "GET") {
+    bool ready = app_.ready();
+    return reply(ready ? 200 : 503, json{{"ready", ready}, {"version", app_.version()}});
+  }
+  // Everything else needs the bearer token.
+  {
+    std::string auth = req.header("authorization");
+    std::string given;
+    if (auth.size() > 7 && strncasecmp(auth.c_str(), "Bearer ", 7) == 0) given = auth.substr(7);
+    if (!control::secretEquals(given, token_)) {
+      ++unauthorized_;
+      AdminResponse r = fail(401, "missing or invalid bearer token");
+      r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"moat\"");
+      return r;
+    }
+  }
+
+  using Params = std::map<std::string, std::string>;
+  Appliance& app = app_;
+
+  // Applies a modified document: parsed and validated like a PUT.
+  auto applyDoc = [&](const json& doc, const std::string& source, const std::string& summary,
+                      int okStatus) -> AdminResponse {
+    control::ConfigResult parsed = control::parseConfig(doc.dump());
+    if (!parsed.errors.empty()) return failErrors(400, "config rejected", parsed.errors);
+    ApplyResult r = app.apply(*parsed.config, source, summary);
+    if (!r.ok) return failErrors(r.status, r.error, r.errors);
+    return reply(okStatus, json{{"version", r.version}});
+  };
+  auto currentDoc = [&]() { return json::parse(control::configToJson(app.config(), false)); };
+  auto poolIndex = [&](const std::string& name) -> int {
+    const auto& pools = app.config().pools;
+    for (size_t i = 0; i < pools.size(); ++i) {
+      if (pools[i].name == name) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  auto backendIndex = [&](int pool, const std::string& keyText) -> int {
+    std::string addr;
+    uint16_t port = 0;
+    if (!parseBackendKey(keyText, addr, port)) return -2;
+    const auto& bs = app.config().pools[static_cast<size_t>(pool)].backends;
+    for (size_t i = 0; i < bs.size(); ++i) {
+      if (bs[i].port == port && sameAddress(bs[i].address, addr)) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  auto poolJson = [&](const control::PoolConfig& p) {
+    json backends = json::array();
+    for (const auto& b : p.backends) {
+      std::string key = backendKey(b);
+      std::string last;
+      std::string health = app.backendHealth(p.name, key, &last);
+      backends.push_back({{"address", b.address}, {"port", b.port}, {"key", key}, {"weight", b.weight},
+                          {"drain", b.drain}, {"health", health}, {"lastCheck", last}});
+    }
+    return json{{"name", p.name}, {"balance", control::toString(p.balance)}, {"backends", backends}};
+  };
+  // Resolves {pool} and {backend}; on failure `err` is the answer.
+  auto findBackend = [&](const Params& p, int& pi, int& bi, AdminResponse& err) {
+    pi = poolIndex(p.at("pool"));
+    if (pi < 0) {
+      err = fail(404, "no pool named " + p.at("pool"));
+      return false;
+    }
+    bi = backendIndex(pi, p.at("backend"));
+    if (bi == -2) {
+      err = fail(400, "\"" + p.at("backend") + "\" is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6)");
+      return false;
+    }
+    if (bi < 0) {
+      err = fail(404, "pool " + p.at("pool") + " has no backend " + p.at("backend"));
+      return false;
+    }
+    return true;
+  };
+  auto ruleByName = [&](const std::string& name) -> const ratelimit::Rule* {
+    const control::Snapshot* s = app.publisher().current();
+    for (const auto& r : s->rateLimit.rules) {
+      if (r.name == name) return &r;
+    }
+    return nullptr;
+  };
+
+  static const std::vector<std::string> kNone;
+  std::vector<Route> routes;
+  auto add = [&](const char* method, const char* pattern, decltype(Route::fn) fn) {
+    routes.push_back(Route{method, splitPath(pattern), std::move(fn)});
+  };
+
+  add("GET", "/metrics", [&](const AdminRequest&, const Params&) {
+    AdminResponse r;
+    r.contentType = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = metrics();
+    return r;
+  });
+  add("GET", "/api/v1/openapi.json", [&](const AdminRequest&, const Params&) {
+    AdminResponse r;
+    r.body = kOpenApiJson;
+    return r;
+  });
+  add("GET", "/api/v1/status", [&](const AdminRequest&, const Params&) {
+    json listeners = json::array();
+    for (const auto& l : app.config().listeners) {
+      listeners.push_back({{"name", l.name}, {"address", l.address}, {"port", l.port},
+                           {"protocol", control::toString(l.protocol)}});
+    }
+    json pools = json::array();
+    for (const auto& p : app.config().pools) pools.push_back(poolJson(p));
+    json geo = {{"entries", 0}, {"sources", json::array()}};
+    if (app.geo() != nullptr) {
+      geo["entries"] = app.geo()->db() ? app.geo()->db()->entries() : 0;
+      for (const auto& st : app.geo()->status()) {
+        geo["sources"].push_back({{"type", st.type}, {"path", st.path},
+                                  {"loadedAt", st.loadedAtUnix != 0 ? rfc3339(st.loadedAtUnix) : ""},
+                                  {"entries", st.entries}, {"error", st.error}});
+      }
+    }
+    return reply(200, json{{"version", app.version()},
+                           {"uptimeS", static_cast<int64_t>(time(nullptr)) - app.startedUnix()},
+                           {"startedAt", rfc3339(app.startedUnix())},
+                           {"workers", app.workerCount()},
+                           {"listeners", listeners},
+                           {"pools", pools},
+                           {"geo", geo}});
+  });
+  add("GET", "/api/v1/config", [&](const AdminRequest&, const Params&) {
+    AdminResponse r;
+    r.body = control::configToJson(app.config(), true);
+    r.headers.emplace_back("Moat-Config-Version", std::to_string(app.version()));
+    return r;
+  });
+  add("PUT", "/api/v1/config", [&](const AdminRequest& rq, const Params&) {
+    control::ConfigResult parsed = control::parseConfig(rq.body);
+    if (!parsed.errors.empty()) return failErrors(400, "config rejected", parsed.errors);
+    ApplyResult r = app.apply(*parsed.config, "api", "PUT /api/v1/config");
+    if (!r.ok) return failErrors(r.status, r.error, r.errors);
+    return reply(200, json{{"version", r.version}});
+  });
+  add("POST", "/api/v1/config/validate", [&](const AdminRequest& rq, const Params&) {
+    control::ConfigResult parsed = control::parseConfig(rq.body);
+    json errors = json::array();
+    json diff = json::array();
+    std::vector<control::ConfigError> errs = parsed.errors;
+    if (errs.empty()) {
+      errs = app.check(*parsed.config);
+      for (const auto& d : control::diffConfigs(app.config(), *parsed.config)) {
+        json e = {{"path", d.path}};
+        if (!d.oldJson.empty()) e["old"] = json::parse(d.oldJson);
+        if (!d.newJson.empty()) e["new"] = json::parse(d.newJson);
+        diff.push_back(e);
+      }
+    }
+    for (const auto& e : errs) errors.push_back({{"path", e.path}, {"message", e.message}});
+    return reply(200, json{{"valid", errs.empty()}, {"errors", errors}, {"diff", diff}});
+  });
+  add("GET", "/api/v1/config/versions", [&](const AdminRequest&, const Params&) {
+    json versions = json::array();
+    if (app.store() != nullptr) {
+      for (const auto& v : app.store()->list()) {
+        versions.push_back({{"version", v.version}, {"appliedAt", rfc3339(v.appliedAtUnix)},
+                            {"source", v.source}, {"summary", v.summary}});
+      }
+    }
+    return reply(200, json{{"current", app.version()}, {"versions", versions}});
+  });
+  add("GET", "/api/v1/config/versions/{version}", [&](const AdminRequest&, const Params& p) {
+    const std::string& v = p.at("version");
+    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+      return fail(400, "\"" + v + "\" is not a version number");
+    if (app.store() == nullptr) return fail(404, "no state directory: versions are not kept");
+    std::string err;
+    auto c = app.store()->load(std::stoull(v), err);
+    if (!c) return fail(404, "version " + v + ": " + err);
+    AdminResponse r;
+    r.body = control::configToJson(*c, true);
+    return r;
+  });
+  add("POST", "/api/v1/config/rollback/{version}", [&](const AdminRequest&, const Params& p) {
+    const std::string& v = p.at("version");
+    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+      return fail(400, "\"" + v + "\" is not a version number");
+    if (app.store() == nullptr) return fail(404, "no state directory: versions are not kept");
+    std::string err;
+    auto c = app.store()->load(std::stoull(v), err);
+    if (!c) return fail(404, "version " + v + ": " + err);
+    ApplyResult r = app.apply(*c, "rollback", "rollback to version " + v);
+    if (!r.ok) return failErrors(r.status, r.error, r.errors);
+    return reply(200, json{{"version", r.version}, {"rolledBackTo", std::stoull(v)}});
+  });
+  add("GET", "/api/v1/pools", [&](const AdminRequest&, const Params&) {
+    json pools = json::array();
+    for (const auto& p : app.config().pools) pools.push_back(poolJson(p));
+    return reply(200, json{{"pools", pools}});
+  });
+  add("POST", "/api/v1/pools/{pool}/backends", [&](const AdminRequest& rq, const Params& p) {
+    int pi = poolIndex(p.at("pool"));
+    if (pi < 0) return fail(404, "no pool named " + p.at("pool"));
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object()) return fail(400, "expected an object {\"address\", \"port\", \"weight\"}");
+    if (body.contains("address") && body["address"].is_string() && body.contains("port") &&
+        body["port"].is_number_unsigned()) {
+      for (const auto& b : app.config().pools[static_cast<size_t>(pi)].backends) {
+        if (b.port == body["port"].get<uint64_t>() && sameAddress(b.address, body["address"].get<std::string>()))
+          return fail(409, "pool " + p.at("pool") + " already has backend " + backendKey(b));
+      }
+    }
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"].push_back(body);
+    return applyDoc(doc, "api", "add backend to pool " + p.at("pool"), 201);
+  });
+  add("DELETE", "/api/v1/pools/{pool}/backends/{backend}", [&](const AdminRequest&, const Params& p) {
+    int pi, bi;
+    AdminResponse e;
+    if (!findBackend(p, pi, bi, e)) return e;
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"].erase(static_cast<size_t>(bi));
+    return applyDoc(doc, "api", "remove backend " + p.at("backend") + " from pool " + p.at("pool"), 200);
+  });
+  auto setDrain = [&](const Params& p, bool drain) {
+    int pi, bi;
+    AdminResponse e;
+    if (!findBackend(p, pi, bi, e)) return e;
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"][static_cast<size_t>(bi)]["drain"] = drain;
+    return applyDoc(doc, "api",
+                    std::string(drain ? "drain" : "enable") + " backend " + p.at("backend") + " of pool " + p.at("pool"),
+                    200);
+  };
+  add("POST", "/api/v1/pools/{pool}/backends/{backend}/drain",
+      [&](const AdminRequest&, const Params& p) { return setDrain(p, true); });
+  add("POST", "/api/v1/pools/{pool}/backends/{backend}/enable",
+      [&](const AdminRequest&, const Params& p) { return setDrain(p, false); });
+  add("PUT", "/api/v1/pools/{pool}/backends/{backend}/weight", [&](const AdminRequest& rq, const Params& p) {
+    int pi, bi;
+    AdminResponse e;
+    if (!findBackend(p, pi, bi, e)) return e;
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object() || !body.contains("weight")) return fail(400, "expected {\"weight\": N}");
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"][static_cast<size_t>(bi)]["weight"] = body["weight"];
+    return applyDoc(doc, "api", "weight of backend " + p.at("backend") + " of pool " + p.at("pool"), 200);
+  });
+  add("GET", "/api/v1/waf", [&](const AdminRequest&, const Params&) {
+    json doc = currentDoc()["waf"];
+    return reply(200, json{{"enabled", doc["enabled"]},
+                           {"mode", doc["mode"]},
+                           {"paranoia", doc["paranoia"]},
+                           {"disableRules", doc["disableRules"]},
+                           {"excludeTargets", doc["excludeTargets"]}});
+  });
+  add("PATCH", "/api/v1/waf", [&](const AdminRequest& rq, const Params&) {
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object()) return fail(400, "expected an object with enabled, mode, paranoia, disableRules or excludeTargets");
+    json doc = currentDoc();
+    std::string what;
+    for (auto it = body.begin(); it != body.end(); ++it) {
+      const std::string& k = it.key();
+      if (k != "enabled" && k != "mode" && k != "paranoia" && k != "disableRules" && k != "excludeTargets")
+        return fail(400, "waf." + k + ": not settable here (use PUT /api/v1/config)");
+      doc["waf"][k] = it.value();
+      what += (what.empty() ? "" : ", ") + k;
+    }
+    return applyDoc(doc, "api", "waf: " + what, 200);
+  });
+  add("GET", "/api/v1/ratelimit/rules", [&](const AdminRequest&, const Params&) {
+    return reply(200, json{{"rules", currentDoc()["rateLimit"]["rules"]}});
+  });
+  add("POST", "/api/v1/ratelimit/rules", [&](const AdminRequest& rq, const Params&) {
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object()) return fail(400, "expected one rule object");
+    std::string name = body.contains("name") && body["name"].is_string() ? body["name"].get<std::string>() : "default";
+    for (const auto& r : app.config().rateLimit.rules) {
+      if (r.name == name) return fail(409, "a rate-limit rule named " + name + " exists");
+    }
+    json doc = currentDoc();
+    doc["rateLimit"]["rules"].push_back(body);
+    return applyDoc(doc, "api", "add rate-limit rule " + name, 201);
+  });
+  add("DELETE", "/api/v1/ratelimit/rules/{name}", [&](const AdminRequest&, const Params& p) {
+    const auto& rules = app.config().rateLimit.rules;
+    for (size_t i = 0; i < rules.size(); ++i) {
+      if (rules[i].name != p.at("name")) continue;
+      json doc = currentDoc();
+      doc["rateLimit"]["rules"].erase(i);
+      return applyDoc(doc, "api", "remove rate-limit rule " + p.at("name"), 200);
+    }
+    return fail(404, "no rate-limit rule named " + p.at("name"));
+  });
+  auto keyOf = [&](const Params& p, const ratelimit::Rule*& rule, ratelimit::KeyHash& kh, AdminResponse& e) {
+    rule = ruleByName(p.at("rule"));
+    if (rule == nullptr) {
+      e = fail(404, "no rate-limit rule named " + p.at("rule"));
+      return false;
+    }
+    if (!app.rateTable) {
+      e = fail(404, "rate limiting is off");
+      return false;
+    }
+    std::string err;
+    if (!ratelimit::operatorKey(*rule, p.at("key"), kh, &err)) {
+      e = fail(400, err);
+      return false;
+    }
+    return true;
+  };
+  add("GET", "/api/v1/ratelimit/keys/{rule}/{key}", [&](const AdminRequest&, const Params& p) {
+    const ratelimit::Rule* rule = nullptr;
+    ratelimit::KeyHash kh;
+    AdminResponse e;
+    if (!keyOf(p, rule, kh, e)) return e;
+    uint64_t nowNs = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::steady_clock::now().time_since_epoch())
+                                               .count());
+    ratelimit::Decision d = app.rateTable->peek(kh, rule->policy, nowNs);
+    bool tracked = d.remaining < rule->policy.burst || d.resetNs != 0;
+    bool blocked = app.rateTable->blockedUntil(kh, nowNs) > nowNs;
+    return reply(200, json{{"rule", rule->name}, {"key", p.at("key")}, {"tracked", tracked},
+                           {"remaining", d.remaining}, {"limit", rule->policy.limit},
+                           {"resetS", (d.resetNs + 999999999) / 1000000000}, {"blocked", blocked}});
+  });
+  add("DELETE", "/api/v1/ratelimit/keys/{rule}/{key}", [&](const AdminRequest&, const Params& p) {
+    const ratelimit::Rule* rule = nullptr;
+    ratelimit::KeyHash kh;
+    AdminResponse e;
+    if (!keyOf(p, rule, kh, e)) return e;
+    bool was = app.rateTable->reset(kh);
+    logLine("info", "ratelimit: key " + p.at("key") + " of rule " + rule->name + " reset by the admin API");
+    return reply(200, json{{"reset", was}});
+  });
+  add("GET", "/api/v1/ratelimit/top", [&](const AdminRequest&, const Params&) {
+    l7::WorkerReport r = sumReports(app.workers);
+    json top = json::array();
+    for (const auto& it : r.topOffenders) top.push_back({{"rule", it.rule}, {"key", it.key}, {"refused", it.count}});
+    return reply(200, json{{"top", top}});
+  });
+  add("PUT", "/api/v1/tls/listeners/{listener}/certificates/{index}", [&](const AdminRequest& rq, const Params& p) {
+    const auto& ls = app.config().listeners;
+    int li = -1;
+    for (size_t i = 0; i < ls.size(); ++i) {
+      if (ls[i].name == p.at("listener")) li = static_cast<int>(i);
+    }
+    if (li < 0) return fail(404, "no listener named " + p.at("listener"));
+    if (ls[static_cast<size_t>(li)].protocol != control::ListenerProtocol::kHttps)
+      return fail(409, "listener " + p.at("listener") + " is not https (the protocol changes only on restart)");
+    const std::string& idxText = p.at("index");
+    if (idxText.empty() || idxText.size() > 3 || idxText.find_first_not_of("0123456789") != std::string::npos)
+      return fail(400, "\"" + idxText + "\" is not a certificate index");
+    size_t idx = std::stoul(idxText);
+    size_t count = ls[static_cast<size_t>(li)].tls.certificates.size();
+    if (idx > count) return fail(404, "certificate index " + idxText + " past the end (" + std::to_string(count) + ")");
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object() || !body.contains("cert") || !body.contains("key") || !body["cert"].is_string() ||
+        !body["key"].is_string())
+      return fail(400, "expected {\"cert\": PEM, \"key\": PEM}");
+    if (app.store() == nullptr) return fail(409, "no state directory to keep uploaded certificates in");
+    // Files named by content: a new upload never overwrites what a running
+    // version uses, so a rejected upload changes nothing.
+    std::string certPem = body["cert"].get<std::string>();
+    std::string keyPem = body["key"].get<std::string>();
+    unsigned char md[32];
+    unsigned int mdLen = 0;
+    std::string both = certPem + keyPem;
+    EVP_Digest(both.data(), both.size(), md, &mdLen, EVP_sha256(), nullptr);
+    char hex[17];
+    for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    std::string dir = app.store()->dir() + "/certs";
+    ::mkdir(dir.c_str(), 0700);
+    std::string stem = p.at("listener");
+    for (char& c : stem) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-') c = '_';
+    }
+    std::string base = dir + "/" + stem + "-" + hex;
+    auto writeFile = [&](const std::string& file, const std::string& data) {
+      std::string tmp = file + ".tmp";
+      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (fd < 0) return false;
+      bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fsync(fd) == 0;
+      ::close(fd);
+      return ok && ::rename(tmp.c_str(), file.c_str()) == 0;
+    };
+    if (!writeFile(base + ".crt", certPem) || !writeFile(base + ".key", keyPem))
+      return fail(500, "cannot write certificate files under " + dir + ": " + strerror(errno));
+    json doc = currentDoc();
+    json cert = {{"cert", base + ".crt"}, {"key", base + ".key"}};
+    auto& certs = doc["listeners"][static_cast<size_t>(li)]["tls"]["certificates"];
+    if (idx < count && certs[idx].contains("ocsp")) cert["ocsp"] = certs[idx]["ocsp"];
+    if (idx == count) certs.push_back(cert);
+    else certs[idx] = cert;
+    return applyDoc(doc, "api", "certificate " + idxText + " of listener " + p.at("listener"), 200);
+  });
+  add("DELETE", "/api/v1/tls/listeners/{listener}/certificates/{index}", [&](const AdminRequest&, const Params& p) {
+    const auto& ls = app.config().listeners;
+    for (size_t i = 0; i < ls.size(); ++i) {
+      if (ls[i].name != p.at("listener")) continue;
+      const std::string& idxText = p.at("index");
+      if (idxText.empty() || idxText.size() > 3 || idxText.find_first_not_of("0123456789") != std::string::npos)
+        return fail(400, "\"" + idxText + "\" is not a certificate index");
+      size_t idx = std::stoul(idxText);
+      if (idx >= ls[i].tls.certificates.size()) return fail(404, "no certificate " + idxText);
+      if (ls[i].tls.certificates.size() == 1) return fail(409, "an https listener keeps at least one certificate");
+      json doc = currentDoc();
+      doc["listeners"][i]["tls"]["certificates"].erase(idx);
+      return applyDoc(doc, "api", "remove certificate " + idxText + " of listener " + p.at("listener"), 200);
+    }
+    return fail(404, "no listener named " + p.at("listener"));
+  });
+  add("POST", "/api/v1/geo/reload", [&](const AdminRequest&, const Params&) {
+    if (app.geo() == nullptr) return fail(404, "no geo sources configured");
+    app.reloadGeo();
+    json sources = json::array();
+    for (const auto& st : app.geo()->status()) {
+      sources.push_back({{"type", st.type}, {"path", st.path},
+                         {"loadedAt", st.loadedAtUnix != 0 ? rfc3339(st.loadedAtUnix) : ""},
+                         {"entries", st.entries}, {"error", st.error}});
+    }
+    return reply(200, json{{"entries", app.geo()->db() ? app.geo()->db()->entries() : 0}, {"sources", sources}});
+  });
+  add("GET", "/api/v1/geo/lookup/{address}", [&](const AdminRequest&, const Params& p) {
+    l4::IpAddress a;
+    if (!l4::IpAddress::parse(p.at("address"), a)) return fail(400, "\"" + p.at("address") + "\" is not an IP address");
+    std::string country;
+    if (app.geo() != nullptr && app.geo()->db()) {
+      control::Country c = app.geo()->db()->lookup(a.bytes, a.len);
+      if (c != 0) country = control::countryString(c);
+    }
+    return reply(200, json{{"address", p.at("address")}, {"country", country}});
+  });
+
+  // Match: decode each segment, then find the route; a known path with
+  // another method is 405 with Allow.
+  std::vector<std::string> raw = splitPath(path);
+  std::vector<std::string> segs;
+  for (const auto& r : raw) {
+    std::string d;
+    if (!control::percentDecode(r, d)) return fail(400, "malformed percent-encoding in the path");
+    segs.push_back(d);
+  }
+  std::string allow;
+  for (const auto& rt : routes) {
+    if (rt.pattern.size() != segs.size()) continue;
+    Params params;
+    bool match = true;
+    for (size_t i = 0; i < segs.size() && match; ++i) {
+      const std::string& pat = rt.pattern[i];
+      if (pat.size() > 2 && pat.front() == '{' && pat.back() == '}') {
+        if (segs[i].empty()) match = false;
+        else params[pat.substr(1, pat.size() - 2)] = segs[i];
+      } else if (pat != segs[i]) {
+        match = false;
+      }
+    }
+    if (!match) continue;
+    if (rt.method == req.method) {
+      AdminResponse r = rt.fn(req, params);
+      if (r.status >= 400) ++apiErrors_;
+      return r;
+    }
+    allow += (allow.empty() ? "" : ", ") + rt.method;
+  }
+  if (!allow.empty()) {
+    AdminResponse r = fail(405, req.method + " is not allowed on " + path + " (allowed: " + allow + ")");
+    r.headers.emplace_back("Allow", allow);
+    return r;
+  }
+  return fail(404, "no such route: " + req.method + " " + path);
+}
+
+}  // namespace moat::app
