@@ -101,12 +101,6 @@ json parseBody(const AdminRequest& req, std::string& err) {
   }
 }
 
-struct Route {
-  std::string method;
-  std::vector<std::string> pattern;  // "{name}" matches one segment
-  std::function<AdminResponse(const AdminRequest&, const std::map<std::string, std::string>&)> fn;
-};
-
 std::vector<std::string> splitPath(const std::string& path) {
   std::vector<std::string> out;
   size_t i = 1;
@@ -237,6 +231,434 @@ std::string AdminApi::metrics() {
   return s;
 }
 
+AdminApi::AdminApi(Appliance& app, std::string token) : app_(app), token_(std::move(token)) {
+  using Params = std::map<std::string, std::string>;
+
+  // Applies a modified document: parsed and validated like a PUT.
+  auto applyDoc = [=, this](const json& doc, const std::string& source, const std::string& summary,
+                      int okStatus) -> AdminResponse {
+    control::ConfigResult parsed = control::parseConfig(doc.dump());
+    if (!parsed.errors.empty()) return failErrors(400, "config rejected", parsed.errors);
+    ApplyResult r = app_.apply(*parsed.config, source, summary);
+    if (!r.ok) return failErrors(r.status, r.error, r.errors);
+    return reply(okStatus, json{{"version", r.version}});
+  };
+  auto currentDoc = [=, this]() { return json::parse(control::configToJson(app_.config(), false)); };
+  auto poolIndex = [=, this](const std::string& name) -> int {
+    const auto& pools = app_.config().pools;
+    for (size_t i = 0; i < pools.size(); ++i) {
+      if (pools[i].name == name) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  auto backendIndex = [=, this](int pool, const std::string& keyText) -> int {
+    std::string addr;
+    uint16_t port = 0;
+    if (!parseBackendKey(keyText, addr, port)) return -2;
+    const auto& bs = app_.config().pools[static_cast<size_t>(pool)].backends;
+    for (size_t i = 0; i < bs.size(); ++i) {
+      if (bs[i].port == port && sameAddress(bs[i].address, addr)) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  auto poolJson = [=, this](const control::PoolConfig& p) {
+    json backends = json::array();
+    for (const auto& b : p.backends) {
+      std::string key = backendKey(b);
+      std::string last;
+      std::string health = app_.backendHealth(p.name, key, &last);
+      backends.push_back({{"address", b.address}, {"port", b.port}, {"key", key}, {"weight", b.weight},
+                          {"drain", b.drain}, {"health", health}, {"lastCheck", last}});
+    }
+    return json{{"name", p.name}, {"balance", control::toString(p.balance)}, {"backends", backends}};
+  };
+  // Resolves {pool} and {backend}; on failure `err` is the answer.
+  auto findBackend = [=, this](const Params& p, int& pi, int& bi, AdminResponse& err) {
+    pi = poolIndex(p.at("pool"));
+    if (pi < 0) {
+      err = fail(404, "no pool named " + p.at("pool"));
+      return false;
+    }
+    bi = backendIndex(pi, p.at("backend"));
+    if (bi == -2) {
+      err = fail(400, "\"" + p.at("backend") + "\" is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6)");
+      return false;
+    }
+    if (bi < 0) {
+      err = fail(404, "pool " + p.at("pool") + " has no backend " + p.at("backend"));
+      return false;
+    }
+    return true;
+  };
+  auto ruleByName = [=, this](const std::string& name) -> const ratelimit::Rule* {
+    const control::Snapshot* s = app_.publisher().current();
+    for (const auto& r : s->rateLimit.rules) {
+      if (r.name == name) return &r;
+    }
+    return nullptr;
+  };
+
+  auto add = [this](const char* method, const char* pattern, Route::Fn fn) {
+    routes_.push_back(Route{method, pattern, splitPath(pattern), std::move(fn)});
+  };
+
+  add("GET", "/metrics", [=, this](const AdminRequest&, const Params&) {
+    AdminResponse r;
+    r.contentType = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = metrics();
+    return r;
+  });
+  add("GET", "/api/v1/openapi.json", [=, this](const AdminRequest&, const Params&) {
+    AdminResponse r;
+    r.body = kOpenApiJson;
+    return r;
+  });
+  add("GET", "/api/v1/status", [=, this](const AdminRequest&, const Params&) {
+    json listeners = json::array();
+    for (const auto& l : app_.config().listeners) {
+      listeners.push_back({{"name", l.name}, {"address", l.address}, {"port", l.port},
+                           {"protocol", control::toString(l.protocol)}});
+    }
+    json pools = json::array();
+    for (const auto& p : app_.config().pools) pools.push_back(poolJson(p));
+    json geo = {{"entries", 0}, {"sources", json::array()}};
+    if (app_.geo() != nullptr) {
+      geo["entries"] = app_.geo()->db() ? app_.geo()->db()->entries() : 0;
+      for (const auto& st : app_.geo()->status()) {
+        geo["sources"].push_back({{"type", st.type}, {"path", st.path},
+                                  {"loadedAt", st.loadedAtUnix != 0 ? rfc3339(st.loadedAtUnix) : ""},
+                                  {"entries", st.entries}, {"error", st.error}});
+      }
+    }
+    return reply(200, json{{"version", app_.version()},
+                           {"uptimeS", static_cast<int64_t>(time(nullptr)) - app_.startedUnix()},
+                           {"startedAt", rfc3339(app_.startedUnix())},
+                           {"workers", app_.workerCount()},
+                           {"listeners", listeners},
+                           {"pools", pools},
+                           {"geo", geo}});
+  });
+  add("GET", "/api/v1/config", [=, this](const AdminRequest&, const Params&) {
+    AdminResponse r;
+    r.body = control::configToJson(app_.config(), true);
+    r.headers.emplace_back("Moat-Config-Version", std::to_string(app_.version()));
+    return r;
+  });
+  add("PUT", "/api/v1/config", [=, this](const AdminRequest& rq, const Params&) {
+    control::ConfigResult parsed = control::parseConfig(rq.body);
+    if (!parsed.errors.empty()) return failErrors(400, "config rejected", parsed.errors);
+    ApplyResult r = app_.apply(*parsed.config, "api", "PUT /api/v1/config");
+    if (!r.ok) return failErrors(r.status, r.error, r.errors);
+    return reply(200, json{{"version", r.version}});
+  });
+  add("POST", "/api/v1/config/validate", [=, this](const AdminRequest& rq, const Params&) {
+    control::ConfigResult parsed = control::parseConfig(rq.body);
+    json errors = json::array();
+    json diff = json::array();
+    std::vector<control::ConfigError> errs = parsed.errors;
+    if (errs.empty()) {
+      errs = app_.check(*parsed.config);
+      for (const auto& d : control::diffConfigs(app_.config(), *parsed.config)) {
+        json e = {{"path", d.path}};
+        if (!d.oldJson.empty()) e["old"] = json::parse(d.oldJson);
+        if (!d.newJson.empty()) e["new"] = json::parse(d.newJson);
+        diff.push_back(e);
+      }
+    }
+    for (const auto& e : errs) errors.push_back({{"path", e.path}, {"message", e.message}});
+    return reply(200, json{{"valid", errs.empty()}, {"errors", errors}, {"diff", diff}});
+  });
+  add("GET", "/api/v1/config/versions", [=, this](const AdminRequest&, const Params&) {
+    json versions = json::array();
+    if (app_.store() != nullptr) {
+      for (const auto& v : app_.store()->list()) {
+        versions.push_back({{"version", v.version}, {"appliedAt", rfc3339(v.appliedAtUnix)},
+                            {"source", v.source}, {"summary", v.summary}});
+      }
+    }
+    return reply(200, json{{"current", app_.version()}, {"versions", versions}});
+  });
+  add("GET", "/api/v1/config/versions/{version}", [=, this](const AdminRequest&, const Params& p) {
+    const std::string& v = p.at("version");
+    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+      return fail(400, "\"" + v + "\" is not a version number");
+    if (app_.store() == nullptr) return fail(404, "no state directory: versions are not kept");
+    std::string err;
+    auto c = app_.store()->load(std::stoull(v), err);
+    if (!c) return fail(404, "version " + v + ": " + err);
+    AdminResponse r;
+    r.body = control::configToJson(*c, true);
+    return r;
+  });
+  add("POST", "/api/v1/config/rollback/{version}", [=, this](const AdminRequest&, const Params& p) {
+    const std::string& v = p.at("version");
+    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+      return fail(400, "\"" + v + "\" is not a version number");
+    if (app_.store() == nullptr) return fail(404, "no state directory: versions are not kept");
+    std::string err;
+    auto c = app_.store()->load(std::stoull(v), err);
+    if (!c) return fail(404, "version " + v + ": " + err);
+    ApplyResult r = app_.apply(*c, "rollback", "rollback to version " + v);
+    if (!r.ok) return failErrors(r.status, r.error, r.errors);
+    return reply(200, json{{"version", r.version}, {"rolledBackTo", std::stoull(v)}});
+  });
+  add("GET", "/api/v1/pools", [=, this](const AdminRequest&, const Params&) {
+    json pools = json::array();
+    for (const auto& p : app_.config().pools) pools.push_back(poolJson(p));
+    return reply(200, json{{"pools", pools}});
+  });
+  add("POST", "/api/v1/pools/{pool}/backends", [=, this](const AdminRequest& rq, const Params& p) {
+    int pi = poolIndex(p.at("pool"));
+    if (pi < 0) return fail(404, "no pool named " + p.at("pool"));
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object()) return fail(400, "expected an object {\"address\", \"port\", \"weight\"}");
+    if (body.contains("address") && body["address"].is_string() && body.contains("port") &&
+        body["port"].is_number_unsigned()) {
+      for (const auto& b : app_.config().pools[static_cast<size_t>(pi)].backends) {
+        if (b.port == body["port"].get<uint64_t>() && sameAddress(b.address, body["address"].get<std::string>()))
+          return fail(409, "pool " + p.at("pool") + " already has backend " + backendKey(b));
+      }
+    }
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"].push_back(body);
+    return applyDoc(doc, "api", "add backend to pool " + p.at("pool"), 201);
+  });
+  add("DELETE", "/api/v1/pools/{pool}/backends/{backend}", [=, this](const AdminRequest&, const Params& p) {
+    int pi, bi;
+    AdminResponse e;
+    if (!findBackend(p, pi, bi, e)) return e;
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"].erase(static_cast<size_t>(bi));
+    return applyDoc(doc, "api", "remove backend " + p.at("backend") + " from pool " + p.at("pool"), 200);
+  });
+  auto setDrain = [=, this](const Params& p, bool drain) {
+    int pi, bi;
+    AdminResponse e;
+    if (!findBackend(p, pi, bi, e)) return e;
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"][static_cast<size_t>(bi)]["drain"] = drain;
+    return applyDoc(doc, "api",
+                    std::string(drain ? "drain" : "enable") + " backend " + p.at("backend") + " of pool " + p.at("pool"),
+                    200);
+  };
+  add("POST", "/api/v1/pools/{pool}/backends/{backend}/drain",
+      [=, this](const AdminRequest&, const Params& p) { return setDrain(p, true); });
+  add("POST", "/api/v1/pools/{pool}/backends/{backend}/enable",
+      [=, this](const AdminRequest&, const Params& p) { return setDrain(p, false); });
+  add("PUT", "/api/v1/pools/{pool}/backends/{backend}/weight", [=, this](const AdminRequest& rq, const Params& p) {
+    int pi, bi;
+    AdminResponse e;
+    if (!findBackend(p, pi, bi, e)) return e;
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object() || !body.contains("weight")) return fail(400, "expected {\"weight\": N}");
+    json doc = currentDoc();
+    doc["pools"][static_cast<size_t>(pi)]["backends"][static_cast<size_t>(bi)]["weight"] = body["weight"];
+    return applyDoc(doc, "api", "weight of backend " + p.at("backend") + " of pool " + p.at("pool"), 200);
+  });
+  add("GET", "/api/v1/waf", [=, this](const AdminRequest&, const Params&) {
+    json doc = currentDoc()["waf"];
+    return reply(200, json{{"enabled", doc["enabled"]},
+                           {"mode", doc["mode"]},
+                           {"paranoia", doc["paranoia"]},
+                           {"disableRules", doc["disableRules"]},
+                           {"excludeTargets", doc["excludeTargets"]}});
+  });
+  add("PATCH", "/api/v1/waf", [=, this](const AdminRequest& rq, const Params&) {
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object()) return fail(400, "expected an object with enabled, mode, paranoia, disableRules or excludeTargets");
+    json doc = currentDoc();
+    std::string what;
+    for (auto it = body.begin(); it != body.end(); ++it) {
+      const std::string& k = it.key();
+      if (k != "enabled" && k != "mode" && k != "paranoia" && k != "disableRules" && k != "excludeTargets")
+        return fail(400, "waf." + k + ": not settable here (use PUT /api/v1/config)");
+      doc["waf"][k] = it.value();
+      what += (what.empty() ? "" : ", ") + k;
+    }
+    return applyDoc(doc, "api", "waf: " + what, 200);
+  });
+  add("GET", "/api/v1/ratelimit/rules", [=, this](const AdminRequest&, const Params&) {
+    return reply(200, json{{"rules", currentDoc()["rateLimit"]["rules"]}});
+  });
+  add("POST", "/api/v1/ratelimit/rules", [=, this](const AdminRequest& rq, const Params&) {
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object()) return fail(400, "expected one rule object");
+    std::string name = body.contains("name") && body["name"].is_string() ? body["name"].get<std::string>() : "default";
+    for (const auto& r : app_.config().rateLimit.rules) {
+      if (r.name == name) return fail(409, "a rate-limit rule named " + name + " exists");
+    }
+    json doc = currentDoc();
+    doc["rateLimit"]["rules"].push_back(body);
+    return applyDoc(doc, "api", "add rate-limit rule " + name, 201);
+  });
+  add("DELETE", "/api/v1/ratelimit/rules/{name}", [=, this](const AdminRequest&, const Params& p) {
+    const auto& rules = app_.config().rateLimit.rules;
+    for (size_t i = 0; i < rules.size(); ++i) {
+      if (rules[i].name != p.at("name")) continue;
+      json doc = currentDoc();
+      doc["rateLimit"]["rules"].erase(i);
+      return applyDoc(doc, "api", "remove rate-limit rule " + p.at("name"), 200);
+    }
+    return fail(404, "no rate-limit rule named " + p.at("name"));
+  });
+  auto keyOf = [=, this](const Params& p, const ratelimit::Rule*& rule, ratelimit::KeyHash& kh, AdminResponse& e) {
+    rule = ruleByName(p.at("rule"));
+    if (rule == nullptr) {
+      e = fail(404, "no rate-limit rule named " + p.at("rule"));
+      return false;
+    }
+    if (!app_.rateTable) {
+      e = fail(404, "rate limiting is off");
+      return false;
+    }
+    std::string err;
+    if (!ratelimit::operatorKey(*rule, p.at("key"), kh, &err)) {
+      e = fail(400, err);
+      return false;
+    }
+    return true;
+  };
+  add("GET", "/api/v1/ratelimit/keys/{rule}/{key}", [=, this](const AdminRequest&, const Params& p) {
+    const ratelimit::Rule* rule = nullptr;
+    ratelimit::KeyHash kh;
+    AdminResponse e;
+    if (!keyOf(p, rule, kh, e)) return e;
+    uint64_t nowNs = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::steady_clock::now().time_since_epoch())
+                                               .count());
+    ratelimit::Decision d = app_.rateTable->peek(kh, rule->policy, nowNs);
+    bool tracked = d.remaining < rule->policy.burst || d.resetNs != 0;
+    bool blocked = app_.rateTable->blockedUntil(kh, nowNs) > nowNs;
+    return reply(200, json{{"rule", rule->name}, {"key", p.at("key")}, {"tracked", tracked},
+                           {"remaining", d.remaining}, {"limit", rule->policy.limit},
+                           {"resetS", (d.resetNs + 999999999) / 1000000000}, {"blocked", blocked}});
+  });
+  add("DELETE", "/api/v1/ratelimit/keys/{rule}/{key}", [=, this](const AdminRequest&, const Params& p) {
+    const ratelimit::Rule* rule = nullptr;
+    ratelimit::KeyHash kh;
+    AdminResponse e;
+    if (!keyOf(p, rule, kh, e)) return e;
+    bool was = app_.rateTable->reset(kh);
+    logLine("info", "ratelimit: key " + p.at("key") + " of rule " + rule->name + " reset by the admin API");
+    return reply(200, json{{"reset", was}});
+  });
+  add("GET", "/api/v1/ratelimit/top", [=, this](const AdminRequest&, const Params&) {
+    l7::WorkerReport r = sumReports(app_.workers);
+    json top = json::array();
+    for (const auto& it : r.topOffenders) top.push_back({{"rule", it.rule}, {"key", it.key}, {"refused", it.count}});
+    return reply(200, json{{"top", top}});
+  });
+  add("PUT", "/api/v1/tls/listeners/{listener}/certificates/{index}", [=, this](const AdminRequest& rq, const Params& p) {
+    const auto& ls = app_.config().listeners;
+    int li = -1;
+    for (size_t i = 0; i < ls.size(); ++i) {
+      if (ls[i].name == p.at("listener")) li = static_cast<int>(i);
+    }
+    if (li < 0) return fail(404, "no listener named " + p.at("listener"));
+    if (ls[static_cast<size_t>(li)].protocol != control::ListenerProtocol::kHttps)
+      return fail(409, "listener " + p.at("listener") + " is not https (the protocol changes only on restart)");
+    const std::string& idxText = p.at("index");
+    if (idxText.empty() || idxText.size() > 3 || idxText.find_first_not_of("0123456789") != std::string::npos)
+      return fail(400, "\"" + idxText + "\" is not a certificate index");
+    size_t idx = std::stoul(idxText);
+    size_t count = ls[static_cast<size_t>(li)].tls.certificates.size();
+    if (idx > count) return fail(404, "certificate index " + idxText + " past the end (" + std::to_string(count) + ")");
+    std::string err;
+    json body = parseBody(rq, err);
+    if (!err.empty()) return fail(400, err);
+    if (!body.is_object() || !body.contains("cert") || !body.contains("key") || !body["cert"].is_string() ||
+        !body["key"].is_string())
+      return fail(400, "expected {\"cert\": PEM, \"key\": PEM}");
+    if (app_.store() == nullptr) return fail(409, "no state directory to keep uploaded certificates in");
+    // Files named by content: a new upload never overwrites what a running
+    // version uses, so a rejected upload changes nothing.
+    std::string certPem = body["cert"].get<std::string>();
+    std::string keyPem = body["key"].get<std::string>();
+    unsigned char md[32];
+    unsigned int mdLen = 0;
+    std::string both = certPem + keyPem;
+    EVP_Digest(both.data(), both.size(), md, &mdLen, EVP_sha256(), nullptr);
+    char hex[17];
+    for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    std::string dir = app_.store()->dir() + "/certs";
+    ::mkdir(dir.c_str(), 0700);
+    std::string stem = p.at("listener");
+    for (char& c : stem) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-') c = '_';
+    }
+    std::string base = dir + "/" + stem + "-" + hex;
+    auto writeFile = [=, this](const std::string& file, const std::string& data) {
+      std::string tmp = file + ".tmp";
+      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (fd < 0) return false;
+      bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fsync(fd) == 0;
+      ::close(fd);
+      return ok && ::rename(tmp.c_str(), file.c_str()) == 0;
+    };
+    if (!writeFile(base + ".crt", certPem) || !writeFile(base + ".key", keyPem))
+      return fail(500, "cannot write certificate files under " + dir + ": " + strerror(errno));
+    json doc = currentDoc();
+    json cert = {{"cert", base + ".crt"}, {"key", base + ".key"}};
+    auto& certs = doc["listeners"][static_cast<size_t>(li)]["tls"]["certificates"];
+    if (idx < count && certs[idx].contains("ocsp")) cert["ocsp"] = certs[idx]["ocsp"];
+    if (idx == count) certs.push_back(cert);
+    else certs[idx] = cert;
+    return applyDoc(doc, "api", "certificate " + idxText + " of listener " + p.at("listener"), 200);
+  });
+  add("DELETE", "/api/v1/tls/listeners/{listener}/certificates/{index}", [=, this](const AdminRequest&, const Params& p) {
+    const auto& ls = app_.config().listeners;
+    for (size_t i = 0; i < ls.size(); ++i) {
+      if (ls[i].name != p.at("listener")) continue;
+      const std::string& idxText = p.at("index");
+      if (idxText.empty() || idxText.size() > 3 || idxText.find_first_not_of("0123456789") != std::string::npos)
+        return fail(400, "\"" + idxText + "\" is not a certificate index");
+      size_t idx = std::stoul(idxText);
+      if (idx >= ls[i].tls.certificates.size()) return fail(404, "no certificate " + idxText);
+      if (ls[i].tls.certificates.size() == 1) return fail(409, "an https listener keeps at least one certificate");
+      json doc = currentDoc();
+      doc["listeners"][i]["tls"]["certificates"].erase(idx);
+      return applyDoc(doc, "api", "remove certificate " + idxText + " of listener " + p.at("listener"), 200);
+    }
+    return fail(404, "no listener named " + p.at("listener"));
+  });
+  add("POST", "/api/v1/geo/reload", [=, this](const AdminRequest&, const Params&) {
+    if (app_.geo() == nullptr) return fail(404, "no geo sources configured");
+    app_.reloadGeo();
+    json sources = json::array();
+    for (const auto& st : app_.geo()->status()) {
+      sources.push_back({{"type", st.type}, {"path", st.path},
+                         {"loadedAt", st.loadedAtUnix != 0 ? rfc3339(st.loadedAtUnix) : ""},
+                         {"entries", st.entries}, {"error", st.error}});
+    }
+    return reply(200, json{{"entries", app_.geo()->db() ? app_.geo()->db()->entries() : 0}, {"sources", sources}});
+  });
+  add("GET", "/api/v1/geo/lookup/{address}", [=, this](const AdminRequest&, const Params& p) {
+    l4::IpAddress a;
+    if (!l4::IpAddress::parse(p.at("address"), a)) return fail(400, "\"" + p.at("address") + "\" is not an IP address");
+    std::string country;
+    if (app_.geo() != nullptr && app_.geo()->db()) {
+      control::Country c = app_.geo()->db()->lookup(a.bytes, a.len);
+      if (c != 0) country = control::countryString(c);
+    }
+    return reply(200, json{{"address", p.at("address")}, {"country", country}});
+  });
+
+}
+
+std::vector<std::pair<std::string, std::string>> AdminApi::routes() const {
+  std::vector<std::pair<std::string, std::string>> out{{"GET", "/healthz"}, {"GET", "/readyz"}};
+  for (const auto& r : routes_) out.emplace_back(r.method, r.path);
+  return out;
+}
+
 AdminResponse AdminApi::handle(const AdminRequest& req) {
   const std::string& path = req.path;
   if (path == "/healthz" && req.method == "GET") return reply(200, json{{"status", "ok"}});
@@ -257,428 +679,6 @@ AdminResponse AdminApi::handle(const AdminRequest& req) {
     }
   }
 
-  using Params = std::map<std::string, std::string>;
-  Appliance& app = app_;
-
-  // Applies a modified document: parsed and validated like a PUT.
-  auto applyDoc = [&](const json& doc, const std::string& source, const std::string& summary,
-                      int okStatus) -> AdminResponse {
-    control::ConfigResult parsed = control::parseConfig(doc.dump());
-    if (!parsed.errors.empty()) return failErrors(400, "config rejected", parsed.errors);
-    ApplyResult r = app.apply(*parsed.config, source, summary);
-    if (!r.ok) return failErrors(r.status, r.error, r.errors);
-    return reply(okStatus, json{{"version", r.version}});
-  };
-  auto currentDoc = [&]() { return json::parse(control::configToJson(app.config(), false)); };
-  auto poolIndex = [&](const std::string& name) -> int {
-    const auto& pools = app.config().pools;
-    for (size_t i = 0; i < pools.size(); ++i) {
-      if (pools[i].name == name) return static_cast<int>(i);
-    }
-    return -1;
-  };
-  auto backendIndex = [&](int pool, const std::string& keyText) -> int {
-    std::string addr;
-    uint16_t port = 0;
-    if (!parseBackendKey(keyText, addr, port)) return -2;
-    const auto& bs = app.config().pools[static_cast<size_t>(pool)].backends;
-    for (size_t i = 0; i < bs.size(); ++i) {
-      if (bs[i].port == port && sameAddress(bs[i].address, addr)) return static_cast<int>(i);
-    }
-    return -1;
-  };
-  auto poolJson = [&](const control::PoolConfig& p) {
-    json backends = json::array();
-    for (const auto& b : p.backends) {
-      std::string key = backendKey(b);
-      std::string last;
-      std::string health = app.backendHealth(p.name, key, &last);
-      backends.push_back({{"address", b.address}, {"port", b.port}, {"key", key}, {"weight", b.weight},
-                          {"drain", b.drain}, {"health", health}, {"lastCheck", last}});
-    }
-    return json{{"name", p.name}, {"balance", control::toString(p.balance)}, {"backends", backends}};
-  };
-  // Resolves {pool} and {backend}; on failure `err` is the answer.
-  auto findBackend = [&](const Params& p, int& pi, int& bi, AdminResponse& err) {
-    pi = poolIndex(p.at("pool"));
-    if (pi < 0) {
-      err = fail(404, "no pool named " + p.at("pool"));
-      return false;
-    }
-    bi = backendIndex(pi, p.at("backend"));
-    if (bi == -2) {
-      err = fail(400, "\"" + p.at("backend") + "\" is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6)");
-      return false;
-    }
-    if (bi < 0) {
-      err = fail(404, "pool " + p.at("pool") + " has no backend " + p.at("backend"));
-      return false;
-    }
-    return true;
-  };
-  auto ruleByName = [&](const std::string& name) -> const ratelimit::Rule* {
-    const control::Snapshot* s = app.publisher().current();
-    for (const auto& r : s->rateLimit.rules) {
-      if (r.name == name) return &r;
-    }
-    return nullptr;
-  };
-
-  static const std::vector<std::string> kNone;
-  std::vector<Route> routes;
-  auto add = [&](const char* method, const char* pattern, decltype(Route::fn) fn) {
-    routes.push_back(Route{method, splitPath(pattern), std::move(fn)});
-  };
-
-  add("GET", "/metrics", [&](const AdminRequest&, const Params&) {
-    AdminResponse r;
-    r.contentType = "text/plain; version=0.0.4; charset=utf-8";
-    r.body = metrics();
-    return r;
-  });
-  add("GET", "/api/v1/openapi.json", [&](const AdminRequest&, const Params&) {
-    AdminResponse r;
-    r.body = kOpenApiJson;
-    return r;
-  });
-  add("GET", "/api/v1/status", [&](const AdminRequest&, const Params&) {
-    json listeners = json::array();
-    for (const auto& l : app.config().listeners) {
-      listeners.push_back({{"name", l.name}, {"address", l.address}, {"port", l.port},
-                           {"protocol", control::toString(l.protocol)}});
-    }
-    json pools = json::array();
-    for (const auto& p : app.config().pools) pools.push_back(poolJson(p));
-    json geo = {{"entries", 0}, {"sources", json::array()}};
-    if (app.geo() != nullptr) {
-      geo["entries"] = app.geo()->db() ? app.geo()->db()->entries() : 0;
-      for (const auto& st : app.geo()->status()) {
-        geo["sources"].push_back({{"type", st.type}, {"path", st.path},
-                                  {"loadedAt", st.loadedAtUnix != 0 ? rfc3339(st.loadedAtUnix) : ""},
-                                  {"entries", st.entries}, {"error", st.error}});
-      }
-    }
-    return reply(200, json{{"version", app.version()},
-                           {"uptimeS", static_cast<int64_t>(time(nullptr)) - app.startedUnix()},
-                           {"startedAt", rfc3339(app.startedUnix())},
-                           {"workers", app.workerCount()},
-                           {"listeners", listeners},
-                           {"pools", pools},
-                           {"geo", geo}});
-  });
-  add("GET", "/api/v1/config", [&](const AdminRequest&, const Params&) {
-    AdminResponse r;
-    r.body = control::configToJson(app.config(), true);
-    r.headers.emplace_back("Moat-Config-Version", std::to_string(app.version()));
-    return r;
-  });
-  add("PUT", "/api/v1/config", [&](const AdminRequest& rq, const Params&) {
-    control::ConfigResult parsed = control::parseConfig(rq.body);
-    if (!parsed.errors.empty()) return failErrors(400, "config rejected", parsed.errors);
-    ApplyResult r = app.apply(*parsed.config, "api", "PUT /api/v1/config");
-    if (!r.ok) return failErrors(r.status, r.error, r.errors);
-    return reply(200, json{{"version", r.version}});
-  });
-  add("POST", "/api/v1/config/validate", [&](const AdminRequest& rq, const Params&) {
-    control::ConfigResult parsed = control::parseConfig(rq.body);
-    json errors = json::array();
-    json diff = json::array();
-    std::vector<control::ConfigError> errs = parsed.errors;
-    if (errs.empty()) {
-      errs = app.check(*parsed.config);
-      for (const auto& d : control::diffConfigs(app.config(), *parsed.config)) {
-        json e = {{"path", d.path}};
-        if (!d.oldJson.empty()) e["old"] = json::parse(d.oldJson);
-        if (!d.newJson.empty()) e["new"] = json::parse(d.newJson);
-        diff.push_back(e);
-      }
-    }
-    for (const auto& e : errs) errors.push_back({{"path", e.path}, {"message", e.message}});
-    return reply(200, json{{"valid", errs.empty()}, {"errors", errors}, {"diff", diff}});
-  });
-  add("GET", "/api/v1/config/versions", [&](const AdminRequest&, const Params&) {
-    json versions = json::array();
-    if (app.store() != nullptr) {
-      for (const auto& v : app.store()->list()) {
-        versions.push_back({{"version", v.version}, {"appliedAt", rfc3339(v.appliedAtUnix)},
-                            {"source", v.source}, {"summary", v.summary}});
-      }
-    }
-    return reply(200, json{{"current", app.version()}, {"versions", versions}});
-  });
-  add("GET", "/api/v1/config/versions/{version}", [&](const AdminRequest&, const Params& p) {
-    const std::string& v = p.at("version");
-    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
-      return fail(400, "\"" + v + "\" is not a version number");
-    if (app.store() == nullptr) return fail(404, "no state directory: versions are not kept");
-    std::string err;
-    auto c = app.store()->load(std::stoull(v), err);
-    if (!c) return fail(404, "version " + v + ": " + err);
-    AdminResponse r;
-    r.body = control::configToJson(*c, true);
-    return r;
-  });
-  add("POST", "/api/v1/config/rollback/{version}", [&](const AdminRequest&, const Params& p) {
-    const std::string& v = p.at("version");
-    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
-      return fail(400, "\"" + v + "\" is not a version number");
-    if (app.store() == nullptr) return fail(404, "no state directory: versions are not kept");
-    std::string err;
-    auto c = app.store()->load(std::stoull(v), err);
-    if (!c) return fail(404, "version " + v + ": " + err);
-    ApplyResult r = app.apply(*c, "rollback", "rollback to version " + v);
-    if (!r.ok) return failErrors(r.status, r.error, r.errors);
-    return reply(200, json{{"version", r.version}, {"rolledBackTo", std::stoull(v)}});
-  });
-  add("GET", "/api/v1/pools", [&](const AdminRequest&, const Params&) {
-    json pools = json::array();
-    for (const auto& p : app.config().pools) pools.push_back(poolJson(p));
-    return reply(200, json{{"pools", pools}});
-  });
-  add("POST", "/api/v1/pools/{pool}/backends", [&](const AdminRequest& rq, const Params& p) {
-    int pi = poolIndex(p.at("pool"));
-    if (pi < 0) return fail(404, "no pool named " + p.at("pool"));
-    std::string err;
-    json body = parseBody(rq, err);
-    if (!err.empty()) return fail(400, err);
-    if (!body.is_object()) return fail(400, "expected an object {\"address\", \"port\", \"weight\"}");
-    if (body.contains("address") && body["address"].is_string() && body.contains("port") &&
-        body["port"].is_number_unsigned()) {
-      for (const auto& b : app.config().pools[static_cast<size_t>(pi)].backends) {
-        if (b.port == body["port"].get<uint64_t>() && sameAddress(b.address, body["address"].get<std::string>()))
-          return fail(409, "pool " + p.at("pool") + " already has backend " + backendKey(b));
-      }
-    }
-    json doc = currentDoc();
-    doc["pools"][static_cast<size_t>(pi)]["backends"].push_back(body);
-    return applyDoc(doc, "api", "add backend to pool " + p.at("pool"), 201);
-  });
-  add("DELETE", "/api/v1/pools/{pool}/backends/{backend}", [&](const AdminRequest&, const Params& p) {
-    int pi, bi;
-    AdminResponse e;
-    if (!findBackend(p, pi, bi, e)) return e;
-    json doc = currentDoc();
-    doc["pools"][static_cast<size_t>(pi)]["backends"].erase(static_cast<size_t>(bi));
-    return applyDoc(doc, "api", "remove backend " + p.at("backend") + " from pool " + p.at("pool"), 200);
-  });
-  auto setDrain = [&](const Params& p, bool drain) {
-    int pi, bi;
-    AdminResponse e;
-    if (!findBackend(p, pi, bi, e)) return e;
-    json doc = currentDoc();
-    doc["pools"][static_cast<size_t>(pi)]["backends"][static_cast<size_t>(bi)]["drain"] = drain;
-    return applyDoc(doc, "api",
-                    std::string(drain ? "drain" : "enable") + " backend " + p.at("backend") + " of pool " + p.at("pool"),
-                    200);
-  };
-  add("POST", "/api/v1/pools/{pool}/backends/{backend}/drain",
-      [&](const AdminRequest&, const Params& p) { return setDrain(p, true); });
-  add("POST", "/api/v1/pools/{pool}/backends/{backend}/enable",
-      [&](const AdminRequest&, const Params& p) { return setDrain(p, false); });
-  add("PUT", "/api/v1/pools/{pool}/backends/{backend}/weight", [&](const AdminRequest& rq, const Params& p) {
-    int pi, bi;
-    AdminResponse e;
-    if (!findBackend(p, pi, bi, e)) return e;
-    std::string err;
-    json body = parseBody(rq, err);
-    if (!err.empty()) return fail(400, err);
-    if (!body.is_object() || !body.contains("weight")) return fail(400, "expected {\"weight\": N}");
-    json doc = currentDoc();
-    doc["pools"][static_cast<size_t>(pi)]["backends"][static_cast<size_t>(bi)]["weight"] = body["weight"];
-    return applyDoc(doc, "api", "weight of backend " + p.at("backend") + " of pool " + p.at("pool"), 200);
-  });
-  add("GET", "/api/v1/waf", [&](const AdminRequest&, const Params&) {
-    json doc = currentDoc()["waf"];
-    return reply(200, json{{"enabled", doc["enabled"]},
-                           {"mode", doc["mode"]},
-                           {"paranoia", doc["paranoia"]},
-                           {"disableRules", doc["disableRules"]},
-                           {"excludeTargets", doc["excludeTargets"]}});
-  });
-  add("PATCH", "/api/v1/waf", [&](const AdminRequest& rq, const Params&) {
-    std::string err;
-    json body = parseBody(rq, err);
-    if (!err.empty()) return fail(400, err);
-    if (!body.is_object()) return fail(400, "expected an object with enabled, mode, paranoia, disableRules or excludeTargets");
-    json doc = currentDoc();
-    std::string what;
-    for (auto it = body.begin(); it != body.end(); ++it) {
-      const std::string& k = it.key();
-      if (k != "enabled" && k != "mode" && k != "paranoia" && k != "disableRules" && k != "excludeTargets")
-        return fail(400, "waf." + k + ": not settable here (use PUT /api/v1/config)");
-      doc["waf"][k] = it.value();
-      what += (what.empty() ? "" : ", ") + k;
-    }
-    return applyDoc(doc, "api", "waf: " + what, 200);
-  });
-  add("GET", "/api/v1/ratelimit/rules", [&](const AdminRequest&, const Params&) {
-    return reply(200, json{{"rules", currentDoc()["rateLimit"]["rules"]}});
-  });
-  add("POST", "/api/v1/ratelimit/rules", [&](const AdminRequest& rq, const Params&) {
-    std::string err;
-    json body = parseBody(rq, err);
-    if (!err.empty()) return fail(400, err);
-    if (!body.is_object()) return fail(400, "expected one rule object");
-    std::string name = body.contains("name") && body["name"].is_string() ? body["name"].get<std::string>() : "default";
-    for (const auto& r : app.config().rateLimit.rules) {
-      if (r.name == name) return fail(409, "a rate-limit rule named " + name + " exists");
-    }
-    json doc = currentDoc();
-    doc["rateLimit"]["rules"].push_back(body);
-    return applyDoc(doc, "api", "add rate-limit rule " + name, 201);
-  });
-  add("DELETE", "/api/v1/ratelimit/rules/{name}", [&](const AdminRequest&, const Params& p) {
-    const auto& rules = app.config().rateLimit.rules;
-    for (size_t i = 0; i < rules.size(); ++i) {
-      if (rules[i].name != p.at("name")) continue;
-      json doc = currentDoc();
-      doc["rateLimit"]["rules"].erase(i);
-      return applyDoc(doc, "api", "remove rate-limit rule " + p.at("name"), 200);
-    }
-    return fail(404, "no rate-limit rule named " + p.at("name"));
-  });
-  auto keyOf = [&](const Params& p, const ratelimit::Rule*& rule, ratelimit::KeyHash& kh, AdminResponse& e) {
-    rule = ruleByName(p.at("rule"));
-    if (rule == nullptr) {
-      e = fail(404, "no rate-limit rule named " + p.at("rule"));
-      return false;
-    }
-    if (!app.rateTable) {
-      e = fail(404, "rate limiting is off");
-      return false;
-    }
-    std::string err;
-    if (!ratelimit::operatorKey(*rule, p.at("key"), kh, &err)) {
-      e = fail(400, err);
-      return false;
-    }
-    return true;
-  };
-  add("GET", "/api/v1/ratelimit/keys/{rule}/{key}", [&](const AdminRequest&, const Params& p) {
-    const ratelimit::Rule* rule = nullptr;
-    ratelimit::KeyHash kh;
-    AdminResponse e;
-    if (!keyOf(p, rule, kh, e)) return e;
-    uint64_t nowNs = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                               std::chrono::steady_clock::now().time_since_epoch())
-                                               .count());
-    ratelimit::Decision d = app.rateTable->peek(kh, rule->policy, nowNs);
-    bool tracked = d.remaining < rule->policy.burst || d.resetNs != 0;
-    bool blocked = app.rateTable->blockedUntil(kh, nowNs) > nowNs;
-    return reply(200, json{{"rule", rule->name}, {"key", p.at("key")}, {"tracked", tracked},
-                           {"remaining", d.remaining}, {"limit", rule->policy.limit},
-                           {"resetS", (d.resetNs + 999999999) / 1000000000}, {"blocked", blocked}});
-  });
-  add("DELETE", "/api/v1/ratelimit/keys/{rule}/{key}", [&](const AdminRequest&, const Params& p) {
-    const ratelimit::Rule* rule = nullptr;
-    ratelimit::KeyHash kh;
-    AdminResponse e;
-    if (!keyOf(p, rule, kh, e)) return e;
-    bool was = app.rateTable->reset(kh);
-    logLine("info", "ratelimit: key " + p.at("key") + " of rule " + rule->name + " reset by the admin API");
-    return reply(200, json{{"reset", was}});
-  });
-  add("GET", "/api/v1/ratelimit/top", [&](const AdminRequest&, const Params&) {
-    l7::WorkerReport r = sumReports(app.workers);
-    json top = json::array();
-    for (const auto& it : r.topOffenders) top.push_back({{"rule", it.rule}, {"key", it.key}, {"refused", it.count}});
-    return reply(200, json{{"top", top}});
-  });
-  add("PUT", "/api/v1/tls/listeners/{listener}/certificates/{index}", [&](const AdminRequest& rq, const Params& p) {
-    const auto& ls = app.config().listeners;
-    int li = -1;
-    for (size_t i = 0; i < ls.size(); ++i) {
-      if (ls[i].name == p.at("listener")) li = static_cast<int>(i);
-    }
-    if (li < 0) return fail(404, "no listener named " + p.at("listener"));
-    if (ls[static_cast<size_t>(li)].protocol != control::ListenerProtocol::kHttps)
-      return fail(409, "listener " + p.at("listener") + " is not https (the protocol changes only on restart)");
-    const std::string& idxText = p.at("index");
-    if (idxText.empty() || idxText.size() > 3 || idxText.find_first_not_of("0123456789") != std::string::npos)
-      return fail(400, "\"" + idxText + "\" is not a certificate index");
-    size_t idx = std::stoul(idxText);
-    size_t count = ls[static_cast<size_t>(li)].tls.certificates.size();
-    if (idx > count) return fail(404, "certificate index " + idxText + " past the end (" + std::to_string(count) + ")");
-    std::string err;
-    json body = parseBody(rq, err);
-    if (!err.empty()) return fail(400, err);
-    if (!body.is_object() || !body.contains("cert") || !body.contains("key") || !body["cert"].is_string() ||
-        !body["key"].is_string())
-      return fail(400, "expected {\"cert\": PEM, \"key\": PEM}");
-    if (app.store() == nullptr) return fail(409, "no state directory to keep uploaded certificates in");
-    // Files named by content: a new upload never overwrites what a running
-    // version uses, so a rejected upload changes nothing.
-    std::string certPem = body["cert"].get<std::string>();
-    std::string keyPem = body["key"].get<std::string>();
-    unsigned char md[32];
-    unsigned int mdLen = 0;
-    std::string both = certPem + keyPem;
-    EVP_Digest(both.data(), both.size(), md, &mdLen, EVP_sha256(), nullptr);
-    char hex[17];
-    for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    std::string dir = app.store()->dir() + "/certs";
-    ::mkdir(dir.c_str(), 0700);
-    std::string stem = p.at("listener");
-    for (char& c : stem) {
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-') c = '_';
-    }
-    std::string base = dir + "/" + stem + "-" + hex;
-    auto writeFile = [&](const std::string& file, const std::string& data) {
-      std::string tmp = file + ".tmp";
-      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-      if (fd < 0) return false;
-      bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fsync(fd) == 0;
-      ::close(fd);
-      return ok && ::rename(tmp.c_str(), file.c_str()) == 0;
-    };
-    if (!writeFile(base + ".crt", certPem) || !writeFile(base + ".key", keyPem))
-      return fail(500, "cannot write certificate files under " + dir + ": " + strerror(errno));
-    json doc = currentDoc();
-    json cert = {{"cert", base + ".crt"}, {"key", base + ".key"}};
-    auto& certs = doc["listeners"][static_cast<size_t>(li)]["tls"]["certificates"];
-    if (idx < count && certs[idx].contains("ocsp")) cert["ocsp"] = certs[idx]["ocsp"];
-    if (idx == count) certs.push_back(cert);
-    else certs[idx] = cert;
-    return applyDoc(doc, "api", "certificate " + idxText + " of listener " + p.at("listener"), 200);
-  });
-  add("DELETE", "/api/v1/tls/listeners/{listener}/certificates/{index}", [&](const AdminRequest&, const Params& p) {
-    const auto& ls = app.config().listeners;
-    for (size_t i = 0; i < ls.size(); ++i) {
-      if (ls[i].name != p.at("listener")) continue;
-      const std::string& idxText = p.at("index");
-      if (idxText.empty() || idxText.size() > 3 || idxText.find_first_not_of("0123456789") != std::string::npos)
-        return fail(400, "\"" + idxText + "\" is not a certificate index");
-      size_t idx = std::stoul(idxText);
-      if (idx >= ls[i].tls.certificates.size()) return fail(404, "no certificate " + idxText);
-      if (ls[i].tls.certificates.size() == 1) return fail(409, "an https listener keeps at least one certificate");
-      json doc = currentDoc();
-      doc["listeners"][i]["tls"]["certificates"].erase(idx);
-      return applyDoc(doc, "api", "remove certificate " + idxText + " of listener " + p.at("listener"), 200);
-    }
-    return fail(404, "no listener named " + p.at("listener"));
-  });
-  add("POST", "/api/v1/geo/reload", [&](const AdminRequest&, const Params&) {
-    if (app.geo() == nullptr) return fail(404, "no geo sources configured");
-    app.reloadGeo();
-    json sources = json::array();
-    for (const auto& st : app.geo()->status()) {
-      sources.push_back({{"type", st.type}, {"path", st.path},
-                         {"loadedAt", st.loadedAtUnix != 0 ? rfc3339(st.loadedAtUnix) : ""},
-                         {"entries", st.entries}, {"error", st.error}});
-    }
-    return reply(200, json{{"entries", app.geo()->db() ? app.geo()->db()->entries() : 0}, {"sources", sources}});
-  });
-  add("GET", "/api/v1/geo/lookup/{address}", [&](const AdminRequest&, const Params& p) {
-    l4::IpAddress a;
-    if (!l4::IpAddress::parse(p.at("address"), a)) return fail(400, "\"" + p.at("address") + "\" is not an IP address");
-    std::string country;
-    if (app.geo() != nullptr && app.geo()->db()) {
-      control::Country c = app.geo()->db()->lookup(a.bytes, a.len);
-      if (c != 0) country = control::countryString(c);
-    }
-    return reply(200, json{{"address", p.at("address")}, {"country", country}});
-  });
-
   // Match: decode each segment, then find the route; a known path with
   // another method is 405 with Allow.
   std::vector<std::string> raw = splitPath(path);
@@ -689,9 +689,9 @@ AdminResponse AdminApi::handle(const AdminRequest& req) {
     segs.push_back(d);
   }
   std::string allow;
-  for (const auto& rt : routes) {
+  for (const auto& rt : routes_) {
     if (rt.pattern.size() != segs.size()) continue;
-    Params params;
+    std::map<std::string, std::string> params;
     bool match = true;
     for (size_t i = 0; i < segs.size() && match; ++i) {
       const std::string& pat = rt.pattern[i];

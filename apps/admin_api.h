@@ -6,7 +6,11 @@
 // new version); a rejected change answers 4xx and changes nothing.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "appliance.h"
 #include "moat/control/admin_server.h"
@@ -15,8 +19,13 @@ namespace moat::app {
 
 class AdminApi {
  public:
-  AdminApi(Appliance& app, std::string token) : app_(app), token_(std::move(token)) {}
+  // Builds the route table (every route captures only `this`).
+  AdminApi(Appliance& app, std::string token);
   control::AdminResponse handle(const control::AdminRequest& req);
+
+  // Every (method, path pattern) answered, for `moatd --list-routes` and the
+  // test that holds docs/openapi.json to it.
+  std::vector<std::pair<std::string, std::string>> routes() const;
 
   // Prometheus text exposition of every counter (also used by tests).
   std::string metrics();
@@ -24,8 +33,18 @@ class AdminApi {
   uint64_t unauthorized() const { return unauthorized_; }
 
  private:
+  struct Route {
+    using Fn = std::function<control::AdminResponse(const control::AdminRequest&,
+                                                    const std::map<std::string, std::string>&)>;
+    std::string method;
+    std::string path;                  // "/api/v1/pools/{pool}/backends"
+    std::vector<std::string> pattern;  // its segments; "{name}" matches one
+    Fn fn;
+  };
+
   Appliance& app_;
   std::string token_;
+  std::vector<Route> routes_;
   uint64_t unauthorized_ = 0;
   uint64_t apiErrors_ = 0;
 };

@@ -56,6 +56,7 @@ void usage() {
                "  --config FILE          bootstrap config (JSON, see docs/config.md); SIGHUP applies it again\n"
                "  --check FILE           validate FILE, print every error with its JSON path, exit\n"
                "  --print-default-config print the embedded default config and exit\n"
+               "  --list-routes          print the admin API's routes (METHOD PATH) and exit\n"
                "  --state-dir DIR        applied config versions, admin token, uploaded certificates\n"
                "                         (default /var/lib/moat); a restart resumes the newest version\n"
                "                         unless the bootstrap config changed since the last start\n"
@@ -290,6 +291,14 @@ int main(int argc, char** argv) {
       value(adminKey);
     } else if (a == "--admin-client-ca") {
       value(adminClientCa);
+    } else if (a == "--list-routes") {
+      // The admin API's route table, one "METHOD PATH" a line.
+      control::Config c = *control::parseConfig(control::defaultConfigJson()).config;
+      app::Appliance::Options o;
+      app::Appliance dummy(o, c, 1, nullptr, l7::TlsSet{}, nullptr);
+      app::AdminApi api(dummy, "unused-token-unused");
+      for (const auto& [m, path] : api.routes()) std::printf("%s %s\n", m.c_str(), path.c_str());
+      return 0;
     } else if (a == "--print-default-config") {
       std::fwrite(control::defaultConfigJson().data(), 1, control::defaultConfigJson().size(), stdout);
       return 0;

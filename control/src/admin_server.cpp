@@ -528,7 +528,8 @@ void AdminServer::dispatch(const std::vector<pollfd>& fds, size_t first, size_t 
       ok = m.readSome(c);
       if (!c.closeAfterWrite) m.parse(c);
     }
-    if (ok && !c.out.empty()) ok = m.writeSome(c);
+    // A peer that half-closed after its request still gets the answer.
+    if (!c.out.empty()) ok = m.writeSome(c) && ok;
     bool idle = nowMs() - c.lastActiveMs > kIdleMs;
     if (!ok || idle || (c.closeAfterWrite && c.out.empty())) {
       Impl::closeConn(c);
