@@ -608,7 +608,22 @@ AdminApi::AdminApi(Appliance& app, std::string token) : app_(app), token_(std::m
     json doc = currentDoc();
     json cert = {{"cert", base + ".crt"}, {"key", base + ".key"}};
     auto& certs = doc["listeners"][static_cast<size_t>(li)]["tls"]["certificates"];
-    if (idx < count && certs[idx].contains("ocsp")) cert["ocsp"] = certs[idx]["ocsp"];
+    if (body.contains("ocsp") && body["ocsp"].is_string() && !body["ocsp"].get<std::string>().empty()) {
+      // A DER OCSP response to staple, sent as base64.
+      std::string b64 = body["ocsp"].get<std::string>();
+      std::string der((b64.size() / 4 + 1) * 3, '\0');
+      int n = b64.size() % 4 == 0 ? EVP_DecodeBlock(reinterpret_cast<unsigned char*>(der.data()),
+                                                    reinterpret_cast<const unsigned char*>(b64.data()),
+                                                    static_cast<int>(b64.size()))
+                                  : -1;
+      if (n <= 0) return fail(400, "ocsp: not base64");
+      size_t pad = b64.size() >= 2 ? (b64[b64.size() - 1] == '=') + (b64[b64.size() - 2] == '=') : 0;
+      der.resize(static_cast<size_t>(n) - pad);
+      if (!writeFile(base + ".ocsp", der)) return fail(500, "cannot write " + base + ".ocsp: " + strerror(errno));
+      cert["ocsp"] = base + ".ocsp";
+    } else if (idx < count && certs[idx].contains("ocsp")) {
+      cert["ocsp"] = certs[idx]["ocsp"];
+    }
     if (idx == count) certs.push_back(cert);
     else certs[idx] = cert;
     return applyDoc(doc, "api", "certificate " + idxText + " of listener " + p.at("listener"), 200);

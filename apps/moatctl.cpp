@@ -1,14 +1,15 @@
 // moatctl: command-line client of moatd's REST admin API (docs/CONTROL_API.md),
 // plus three offline verbs that need no running API:
 //
-//   moatctl validate FILE   validate a config document (same as moatd --check)
+//   moatctl validate FILE   validate a config document (moatd --check without
+//                           compiling WAF rules or loading certificates)
 //   moatctl reload PID      ask a running moatd to re-read its config (SIGHUP)
 //   moatctl stats PID       ask a running moatd to print its counters (SIGUSR1)
 //
 // Every other verb is one or two blocking HTTP/1.1 requests (https with
 // OpenSSL when the URL says so) to --url, with the bearer token from --token,
-// MOAT_TOKEN, --token-file, MOAT_TOKEN_FILE or /var/lib/moat/admin.token, in
-// that order. Output is aligned tables; --json prints the server's answer as
+// --token-file, MOAT_TOKEN, MOAT_TOKEN_FILE or /var/lib/moat/admin.token, the
+// first that is set. Output is aligned tables; --json prints the server's answer as
 // it came. Exit codes:
 //   0 success
 //   1 the server refused (an HTTP status >= 400, or an invalid document):
@@ -1350,11 +1351,14 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global options may also follow the verb
   app.require_subcommand(1);
   app.add_option("--url", g.url, "Admin API base URL")->envname("MOAT_URL")->capture_default_str();
-  auto* tokenFileOpt = app.add_option("--token-file", g.tokenFile, "File holding the bearer token")
-                           ->envname("MOAT_TOKEN_FILE")
-                           ->capture_default_str();
-  app.add_option("--token", g.token, "The bearer token itself (visible in ps: prefer a file)")
-      ->envname("MOAT_TOKEN");
+  // The token's sources are taken in this order: --token, --token-file,
+  // MOAT_TOKEN, MOAT_TOKEN_FILE, the default file (the command line beats
+  // the environment), so they are not CLI11 envname()s.
+  auto* tokenFileOpt = app.add_option("--token-file", g.tokenFile,
+                                      "File holding the bearer token (env MOAT_TOKEN_FILE; default " +
+                                          std::string(kDefaultTokenFile) + ")");
+  auto* tokenOpt =
+      app.add_option("--token", g.token, "The bearer token itself (env MOAT_TOKEN; visible in ps: prefer a file)");
   app.add_flag("--json", g.json, "Print the server's JSON answer as it came");
   app.add_option("--timeout", g.timeoutS, "Seconds allowed for each request (connect to last byte)")
       ->check(CLI::PositiveNumber)
@@ -1499,7 +1503,7 @@ int main(int argc, char** argv) {
   auto* openapi = app.add_subcommand("openapi", "The API's OpenAPI document");
   online.emplace_back(openapi, [&](Client& c) { return cmdGet(c, "/api/v1/openapi.json", "application/json"); });
 
-  auto* validate = app.add_subcommand("validate", "Offline: validate a config FILE (as moatd --check)");
+  auto* validate = app.add_subcommand("validate", "Offline: validate a config FILE (no WAF compile, no TLS files)");
   validate->add_option("FILE", file)->required();
   offline.emplace_back(validate, [&] { return cmdValidateOffline(file); });
   auto* reload = app.add_subcommand("reload", "Offline: send SIGHUP to moatd PID (re-read its config file)");
@@ -1514,7 +1518,19 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
-  g.tokenFileGiven = tokenFileOpt->count() > 0;
+  if (tokenOpt->count() == 0 && tokenFileOpt->count() == 0) {
+    if (const char* t = std::getenv("MOAT_TOKEN"); t != nullptr && *t != 0) {
+      g.token = t;
+    } else if (const char* f = std::getenv("MOAT_TOKEN_FILE"); f != nullptr && *f != 0) {
+      g.tokenFile = f;
+      g.tokenFileGiven = true;
+    }
+  }
+  if (tokenFileOpt->count() > 0) g.tokenFileGiven = true;
+  if (tokenOpt->count() > 0 && g.token.empty()) {
+    std::fprintf(stderr, "moatctl: --token is empty\n");
+    return kExitUsage;
+  }
 
   try {
     for (auto& [sub, run] : offline) {
