@@ -21,7 +21,11 @@ Try, from another terminal:
   curl -i http://127.0.0.1:8080/hello          # alternates demo-a / demo-b
   curl -i http://127.0.0.1:8080/headers        # what the backend received (X-Forwarded-*, X-Request-Id)
   curl -i -X POST --data-binary @README.md http://127.0.0.1:8080/upload
-Counters: kill -USR1 <moatd pid>. Stop: Ctrl-C.
+Admin API on 127.0.0.1:9900 (token in /var/lib/moat/admin.token):
+  ./build/release/apps/moatctl status
+  ./build/release/apps/moatctl backends drain demo 127.0.0.1:8081
+  ./build/release/apps/moatctl metrics | grep moat_requests_total
+Stop: Ctrl-C.
 
 MSG
 ./build/release/apps/moatd
