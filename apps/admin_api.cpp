@@ -204,6 +204,13 @@ std::string AdminApi::metrics() {
     s += "# HELP moat_backend_ejections_total Outlier-detection ejections per backend.\n"
          "# TYPE moat_backend_ejections_total counter\n" + ej;
   }
+  family("moat_config_switch_lag_max_seconds", "gauge",
+         "Worst delay between a config snapshot's build and a worker running it.");
+  {
+    char v[32];
+    std::snprintf(v, sizeof v, "%.6f", static_cast<double>(r.switchLagMaxUs) / 1e6);
+    s += std::string("moat_config_switch_lag_max_seconds ") + v + "\n";
+  }
   family("moat_health_transitions_total", "counter", "Backend health transitions (active checks and outlier detection).");
   sample("moat_health_transitions_total", "", app_.healthTransitions());
   family("moat_waf_rule_matches_total", "counter", "WAF rule matches per rule id.");

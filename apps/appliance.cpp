@@ -87,6 +87,7 @@ l7::WorkerReport sumReports(const std::vector<std::unique_ptr<l7::Worker>>& work
     l7::WorkerReport r = w->report();
     total.counters += r.counters;
     total.latency += r.latency;
+    total.switchLagMaxUs = std::max(total.switchLagMaxUs, r.switchLagMaxUs);
     total.configVersion = std::max(total.configVersion, r.configVersion);
     auto addNamed = [](std::map<std::string, l7::NamedCounters>& to, const std::map<std::string, l7::NamedCounters>& from) {
       for (const auto& [k, v] : from) {

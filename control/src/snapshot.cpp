@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <ctime>
 #include <stdexcept>
 
 #include "moat/l4/maglev.h"
@@ -240,6 +241,9 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
                      if (a.host.empty() != b.host.empty()) return !a.host.empty();
                      return a.pathPrefix.size() > b.pathPrefix.size();
                    });
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  snap->builtNs = static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
   return snap;
 }
 

@@ -450,6 +450,7 @@ struct Worker::Impl {
   mutable std::mutex reportMu;
   WorkerReport published;
   LatencyHistogram latency;
+  uint64_t switchLagMaxUs = 0;  // worst snapshot build-to-use delay seen
   // Per country (0 = unknown); at most one entry per country, so it stops
   // allocating after the first refusal from each.
   std::unordered_map<uint16_t, uint64_t> geoBlocked;
@@ -689,8 +690,16 @@ struct Worker::Impl {
 
   // ---- snapshot ----------------------------------------------------------
   void switchSnapshot(const control::Snapshot* s) {
+    const bool first = snap == nullptr;
     snap = s;
     ++c.configSwitches;
+    if (!first && s->builtNs != 0) {  // how long after its build this worker runs it
+      timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      const uint64_t nowNs = static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+      const uint64_t lagUs = nowNs > s->builtNs ? (nowNs - s->builtNs) / 1000 : 0;
+      switchLagMaxUs = std::max(switchLagMaxUs, lagUs);
+    }
     const auto& cfg = s->config;
     limits.maxHeaderBytes = cfg.limits.maxHeaderBytes;
     limits.maxRequestLine = cfg.limits.maxRequestLine;
@@ -2184,6 +2193,7 @@ struct Worker::Impl {
     published.counters = c;
     published.configVersion = snap->configVersion;
     published.latency = latency;
+    published.switchLagMaxUs = switchLagMaxUs;
     for (const auto& [id, n] : wafRuleHits) published.wafRules[id] = n;
     for (const auto& [cc, n] : geoBlocked) published.geoBlocked[control::countryString(cc)] = n;
     for (auto& l : listeners) published.listeners[l.name] = l.counters;

@@ -108,6 +108,7 @@ struct RouteRuntime {
 struct Snapshot {
   uint64_t version = 0;        // publication sequence: grows with every publish
   uint64_t configVersion = 0;  // the config version it runs (health changes keep it)
+  uint64_t builtNs = 0;        // CLOCK_MONOTONIC when built (just before publication)
   Config config;
   std::vector<PoolRuntime> pools;
   std::vector<RouteRuntime> routes;  // exact hosts first, then longest prefix first

@@ -130,6 +130,8 @@ struct WorkerReport {
   LatencyHistogram latency;
   std::map<std::string, uint64_t> geoBlocked;  // by country ("unknown" when none)
   std::map<uint32_t, uint64_t> wafRules;         // matches by WAF rule id
+  // Worst delay between a snapshot's build and this worker running it (µs).
+  uint64_t switchLagMaxUs = 0;
   std::map<std::string, NamedCounters> listeners, routes, backends;
   std::map<std::string, RateLimitRuleCounters> rateLimitRules;
   std::vector<ratelimit::TopKeys::Item> topOffenders;  // this worker's most refused keys
