@@ -541,11 +541,16 @@ AdminApi::AdminApi(Appliance& app, std::string token) : app_(app), token_(std::m
     uint64_t nowNs = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                std::chrono::steady_clock::now().time_since_epoch())
                                                .count());
+    // peek() answers for a hypothetical next request: what is left now is
+    // one more than it reports when that request would pass.
     ratelimit::Decision d = app_.rateTable->peek(kh, rule->policy, nowNs);
-    bool tracked = d.remaining < rule->policy.burst || d.resetNs != 0;
+    const uint64_t remaining = d.allowed ? d.remaining + 1 : 0;
+    const uint64_t full = rule->policy.algorithm == ratelimit::Algorithm::kTokenBucket ? rule->policy.burst
+                                                                                       : rule->policy.limit;
     bool blocked = app_.rateTable->blockedUntil(kh, nowNs) > nowNs;
+    bool tracked = remaining < full || blocked;
     return reply(200, json{{"rule", rule->name}, {"key", p.at("key")}, {"tracked", tracked},
-                           {"remaining", d.remaining}, {"limit", rule->policy.limit},
+                           {"remaining", remaining}, {"limit", rule->policy.limit},
                            {"resetS", (d.resetNs + 999999999) / 1000000000}, {"blocked", blocked}});
   });
   add("DELETE", "/api/v1/ratelimit/keys/{rule}/{key}", [=, this](const AdminRequest&, const Params& p) {
@@ -683,6 +688,11 @@ std::vector<std::pair<std::string, std::string>> AdminApi::routes() const {
 
 AdminResponse AdminApi::handle(const AdminRequest& req) {
   const std::string& path = req.path;
+  if ((path == "/healthz" || path == "/readyz") && req.method != "GET") {
+    AdminResponse r = fail(405, req.method + " is not allowed on " + path + " (allowed: GET)");
+    r.headers.emplace_back("Allow", "GET");
+    return r;
+  }
   if (path == "/healthz" && req.method == "GET") return reply(200, json{{"status", "ok"}});
   if (path == "/readyz" && req.method == "GET") {
     bool ready = app_.ready();

@@ -9,6 +9,8 @@ Endpoints (any method):
   /headers         JSON of the request headers it received
   anything else    JSON: backend name, method, path, body length and sha256
 
+--fail-status N answers every request with status N (and the JSON above).
+
 Request bodies with Content-Length or chunked coding are read and hashed.
 Stdlib only; one thread per connection; keep-alive.
 """
@@ -44,6 +46,8 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def send_body(self, status, body, ctype="application/json"):
+        if self.server.fail_status:
+            status = self.server.fail_status
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -113,9 +117,12 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", default=None)
     ap.add_argument("--address", default="127.0.0.1")
+    ap.add_argument("--fail-status", type=int, default=0,
+                    help="answer every request with this status (e.g. 500)")
     a = ap.parse_args()
     srv = Server((a.address, a.port), Handler)
     srv.name = a.name or f"backend-{a.port}"
+    srv.fail_status = a.fail_status
     print(f"backend {srv.name} on {a.address}:{a.port}", flush=True)
     try:
         srv.serve_forever()

@@ -45,11 +45,15 @@ def wait_port(port, timeout=10.0, proc=None):
 
 
 class Backend:
-    def __init__(self, name):
-        self.port = free_port()
+    # port: listen on this port (e.g. to bring a stopped backend back on the
+    # same address); default a free one. extra_args go to backend.py (e.g.
+    # ("--fail-status", "500")).
+    def __init__(self, name, port=None, extra_args=()):
+        self.port = port or free_port()
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "backend.py"), "--port", str(self.port), "--name", name],
+            [sys.executable, os.path.join(HERE, "backend.py"), "--port", str(self.port), "--name", name]
+            + list(extra_args),
             stdout=subprocess.DEVNULL)
         try:
             wait_port(self.port, proc=self.proc)
@@ -68,13 +72,23 @@ class Moatd:
     # a WAF config that misses the Hyperscan cache compiles the CRS first
     # (seconds in release, a minute or more under sanitizers on a busy host).
     # If moatd never listens it is killed, so no orphan outlives the test.
-    def __init__(self, config, workers=2, start_timeout=300.0, extra_args=()):
-        self.dir = tempfile.mkdtemp(prefix="moat-it-")
-        self.port = config["listeners"][0]["port"]
+    #
+    # workdir: use this directory (config file, state dir, logs) instead of a
+    # fresh temporary one, and leave it in place on stop(), so a second Moatd
+    # can restart on the same state. config=None (with a workdir) starts from
+    # the config file already there, unchanged.
+    def __init__(self, config, workers=2, start_timeout=300.0, extra_args=(), workdir=None):
+        self.owns_dir = workdir is None
+        self.dir = tempfile.mkdtemp(prefix="moat-it-") if workdir is None else workdir
         self.config_path = os.path.join(self.dir, "moat.json")
         self.access_log = os.path.join(self.dir, "access.log")
         self.workers = workers
-        self.write(config)
+        if config is None:
+            with open(self.config_path) as f:
+                config = json.load(f)
+        else:
+            self.write(config)
+        self.port = config["listeners"][0]["port"]
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w+")
         # Each moatd keeps its versions and admin token in its own directory
         # and serves the admin API on its own port.
@@ -116,7 +130,8 @@ class Moatd:
         self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(timeout=20)
         self.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
         return rc
 
 
