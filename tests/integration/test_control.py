@@ -1393,3 +1393,68 @@ class MetricsTest(AdminCase):
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+# ---------------------------------------------------------------------------
+# Admin listener over TLS with client certificates; non-loopback refusal.
+
+
+class AdminTlsTest(unittest.TestCase):
+    def setUp(self):
+        self.pki = tls_pki.generate(tempfile.mkdtemp(prefix="moat-admin-pki-"))
+        self.addCleanup(shutil.rmtree, self.pki["dir"], True)
+
+    def test_tls_and_client_certificates(self):
+        p = self.pki
+        cfg = base_config(free_port(), [{"name": "p", "backends": []}], rate_limit=NO_RATE_LIMIT)
+        m = Moatd(cfg, extra_args=["--admin-cert", p["backend_cert"], "--admin-key", p["backend_key"],
+                                   "--admin-client-ca", p["client_ca_cert"]])
+        try:
+            wait_port(m.admin_port, proc=m.proc)
+            poll(lambda: os.path.exists(m.token_file), timeout=5)
+            with open(m.token_file) as f:
+                token = f.read().strip()
+
+            def get(ctx):
+                c = http.client.HTTPSConnection("127.0.0.1", m.admin_port, context=ctx, timeout=10)
+                c.request("GET", "/api/v1/status", headers={"Authorization": "Bearer " + token})
+                r = c.getresponse()
+                body = r.read()
+                c.close()
+                return r.status, body
+
+            good = ssl.create_default_context(cafile=p["ca_cert"])
+            good.load_cert_chain(p["client_cert"], p["client_key"])
+            status, body = get(good)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(json.loads(body)["version"], 1)
+            # No client certificate, or one from a CA the listener does not
+            # trust: the handshake (or the first read after it) fails.
+            none = ssl.create_default_context(cafile=p["ca_cert"])
+            rogue = ssl.create_default_context(cafile=p["ca_cert"])
+            rogue.load_cert_chain(p["rogue_client_cert"], p["rogue_client_key"])
+            for ctx in (none, rogue):
+                with self.assertRaises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+                    get(ctx)
+            # Plain HTTP to the TLS listener gets no answer.
+            with socket.create_connection(("127.0.0.1", m.admin_port), timeout=5) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+                try:
+                    data = s.recv(100)
+                except (ConnectionError, socket.timeout):
+                    data = b""
+                self.assertFalse(data.startswith(b"HTTP/1.1 200"), data)
+        finally:
+            self.assertEqual(m.stop(), 0)
+
+    def test_non_loopback_without_tls_is_refused_at_start(self):
+        d = tempfile.mkdtemp(prefix="moat-admin-")
+        self.addCleanup(shutil.rmtree, d, True)
+        cfg_path = os.path.join(d, "moat.json")
+        with open(cfg_path, "w") as f:
+            json.dump(base_config(free_port(), [{"name": "p", "backends": []}], rate_limit=NO_RATE_LIMIT), f)
+        r = subprocess.run([MOATD, "--config", cfg_path, "--state-dir", os.path.join(d, "state"),
+                            "--admin", f"0.0.0.0:{free_port()}"], capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("non-loopback", r.stderr)
+        self.assertIn("without TLS", r.stderr)
