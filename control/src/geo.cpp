@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <maxminddb.h>
+#include <strings.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,8 +14,10 @@
 #include <charconv>
 #include <cstring>
 #include <ctime>
+#include <iterator>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 namespace moat::control {
 
@@ -104,8 +107,9 @@ std::string parsePrefix(std::string_view text, Country c, Parsed& p) {
     std::string_view ls = text.substr(slash + 1);
     unsigned u = 0;
     auto [end, ec] = std::from_chars(ls.data(), ls.data() + ls.size(), u);
-    len = ls.empty() || ec != std::errc() || end != ls.data() + ls.size() || u > 128 ? 1000
-                                                                                     : static_cast<int>(u);
+    len = ls.empty() || ec != std::errc() || end != ls.data() + ls.size() || u > 128
+              ? 1000
+              : static_cast<int>(u);
   }
   char buf[INET6_ADDRSTRLEN + 1];
   uint8_t raw[16];
@@ -178,7 +182,8 @@ std::vector<Range<U>> flatten(std::vector<Prefix<U>> prefixes) {
   };
   for (const Prefix<U>& p : prefixes) {
     while (!open.empty() && open.back().last < p.addr) closeTop();
-    if (!open.empty() && cursor < p.addr) append(out, cursor, static_cast<U>(p.addr - 1), open.back().c);
+    if (!open.empty() && cursor < p.addr)
+      append(out, cursor, static_cast<U>(p.addr - 1), open.back().c);
     cursor = p.addr;
     open.push_back({static_cast<U>(p.addr | hostMask<U>(p.len)), p.c});
   }
@@ -188,7 +193,8 @@ std::vector<Range<U>> flatten(std::vector<Prefix<U>> prefixes) {
 
 // `newer` painted over `older`: both flat; the result is flat. O(n).
 template <class U>
-std::vector<Range<U>> overlay(const std::vector<Range<U>>& older, const std::vector<Range<U>>& newer) {
+std::vector<Range<U>> overlay(const std::vector<Range<U>>& older,
+                              const std::vector<Range<U>>& newer) {
   if (older.empty()) return newer;
   if (newer.empty()) return older;
   std::vector<Range<U>> pieces;  // the parts of `older` that `newer` leaves uncovered
@@ -246,8 +252,10 @@ std::string readFile(const std::string& path, std::string& out) {
 }
 
 std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -356,15 +364,17 @@ std::string forEachCsvRow(const std::string& path, const std::vector<std::string
       cols.clear();
       for (std::string_view w : wanted) {
         auto it = std::find(fields.begin(), fields.end(), w);
-        if (it == fields.end()) return at(path, lineNo, "no \"" + std::string(w) + "\" column in the header");
+        if (it == fields.end())
+          return at(path, lineNo, "no \"" + std::string(w) + "\" column in the header");
         cols.push_back(static_cast<size_t>(it - fields.begin()));
       }
       return "";
     }
     for (size_t c : cols) {
       if (c >= fields.size()) {
-        return at(path, lineNo, "expected at least " + std::to_string(c + 1) + " fields, found " +
-                                    std::to_string(fields.size()));
+        return at(path, lineNo,
+                  "expected at least " + std::to_string(c + 1) + " fields, found " +
+                      std::to_string(fields.size()));
       }
     }
     std::string e = row(fields);
@@ -387,18 +397,20 @@ std::string loadMaxmindCsv(const GeoSourceConfig& cfg, Parsed& p) {
   if (cfg.locations.empty()) return "maxmind_csv source: no locations file";
   std::unordered_map<uint64_t, Country> countryOf;
   std::vector<size_t> cols;
-  std::string err = forEachCsvRow(
-      cfg.locations, {"geoname_id", "country_iso_code"}, cols,
-      [&](const std::vector<std::string>& f) -> std::string {
-        uint64_t id;
-        if (std::string e = parseGeonameId(f[cols[0]], id); !e.empty()) return e;
-        const std::string& iso = f[cols[1]];
-        if (iso.empty() || id == 0) return "";  // a continent: no country
-        Country c = iso.size() == 2 ? packCountry(iso[0], iso[1]) : Country{0};
-        if (c == 0) return "\"" + iso + "\" is not a country code";
-        countryOf[id] = c;
-        return "";
-      });
+  std::string err = forEachCsvRow(cfg.locations, {"geoname_id", "country_iso_code"}, cols,
+                                  [&](const std::vector<std::string>& f) -> std::string {
+                                    uint64_t id;
+                                    if (std::string e = parseGeonameId(f[cols[0]], id); !e.empty())
+                                      return e;
+                                    const std::string& iso = f[cols[1]];
+                                    if (iso.empty() || id == 0)
+                                      return "";  // a continent: no country
+                                    Country c =
+                                        iso.size() == 2 ? packCountry(iso[0], iso[1]) : Country{0};
+                                    if (c == 0) return "\"" + iso + "\" is not a country code";
+                                    countryOf[id] = c;
+                                    return "";
+                                  });
   if (!err.empty()) return err;
   for (const std::string* blocks : {&cfg.blocksIpv4, &cfg.blocksIpv6}) {
     if (blocks->empty()) continue;
@@ -406,10 +418,13 @@ std::string loadMaxmindCsv(const GeoSourceConfig& cfg, Parsed& p) {
                         [&](const std::vector<std::string>& f) -> std::string {
                           uint64_t id, registered;
                           if (std::string e = parseGeonameId(f[cols[1]], id); !e.empty()) return e;
-                          if (std::string e = parseGeonameId(f[cols[2]], registered); !e.empty()) return e;
+                          if (std::string e = parseGeonameId(f[cols[2]], registered); !e.empty())
+                            return e;
                           Country c = 0;
-                          if (auto it = countryOf.find(id); id != 0 && it != countryOf.end()) c = it->second;
-                          if (auto it = countryOf.find(registered); c == 0 && registered != 0 && it != countryOf.end()) {
+                          if (auto it = countryOf.find(id); id != 0 && it != countryOf.end())
+                            c = it->second;
+                          if (auto it = countryOf.find(registered);
+                              c == 0 && registered != 0 && it != countryOf.end()) {
                             c = it->second;
                           }
                           if (c == 0) return "";  // anonymous proxy, satellite: no country
@@ -417,7 +432,8 @@ std::string loadMaxmindCsv(const GeoSourceConfig& cfg, Parsed& p) {
                         });
     if (!err.empty()) return err;
   }
-  if (cfg.blocksIpv4.empty() && cfg.blocksIpv6.empty()) return cfg.locations + ": maxmind_csv source has no blocks file";
+  if (cfg.blocksIpv4.empty() && cfg.blocksIpv6.empty())
+    return cfg.locations + ": maxmind_csv source has no blocks file";
   return "";
 }
 
@@ -428,7 +444,8 @@ std::string mmdbCountry(MMDB_entry_s entry, Country& c) {
   for (const char* key : {"country", "registered_country"}) {
     MMDB_entry_data_s d{};
     int s = MMDB_get_value(&entry, &d, key, "iso_code", static_cast<const char*>(nullptr));
-    if (s == MMDB_LOOKUP_PATH_DOES_NOT_MATCH_DATA_ERROR || s == MMDB_INVALID_LOOKUP_PATH_ERROR) continue;
+    if (s == MMDB_LOOKUP_PATH_DOES_NOT_MATCH_DATA_ERROR || s == MMDB_INVALID_LOOKUP_PATH_ERROR)
+      continue;
     if (s != MMDB_SUCCESS) return std::string("bad data record: ") + MMDB_strerror(s);
     if (d.has_data && d.type == MMDB_DATA_TYPE_UTF8_STRING && d.data_size == 2) {
       c = packCountry(d.utf8_string[0], d.utf8_string[1]);
@@ -447,7 +464,8 @@ std::string loadMmdb(const std::string& path, Parsed& p) {
   int s = MMDB_open(path.c_str(), MMDB_MODE_MMAP, &db);
   if (s != MMDB_SUCCESS) {
     std::string why = MMDB_strerror(s);
-    if (s == MMDB_IO_ERROR || s == MMDB_FILE_OPEN_ERROR) why += std::string(": ") + errnoText(errno);
+    if (s == MMDB_IO_ERROR || s == MMDB_FILE_OPEN_ERROR)
+      why += std::string(": ") + errnoText(errno);
     return path + ": " + why;
   }
   struct Closer {
@@ -524,12 +542,14 @@ std::string loadMmdb(const std::string& path, Parsed& p) {
         case MMDB_RECORD_TYPE_EMPTY:
           break;
         case MMDB_RECORD_TYPE_SEARCH_NODE:
-          if (childDepth >= depth) return fail("search tree deeper than " + std::to_string(depth) + " bits");
+          if (childDepth >= depth)
+            return fail("search tree deeper than " + std::to_string(depth) + " bits");
           if (rec == ipv4Start && !(childDepth == 96 && childPath == 0)) break;  // an alias
           stack.push_back({static_cast<uint32_t>(rec), childDepth, childPath});
           break;
         case MMDB_RECORD_TYPE_DATA:
-          if (std::string e = emit(childPath, childDepth, bit ? n.right_record_entry : n.left_record_entry);
+          if (std::string e =
+                  emit(childPath, childDepth, bit ? n.right_record_entry : n.left_record_entry);
               !e.empty()) {
             return fail(e);
           }
@@ -597,18 +617,25 @@ std::string countryString(Country c) {
 // ---- GeoDb ----------------------------------------------------------------
 
 // Parallel arrays: the searched starts are dense (4 or 16 bytes a range), the
-// ends and countries are read once per lookup.
+// ends and countries are read once per lookup. index[k] is the first range
+// starting at or above k << (bits - 16), for k in [0, 65536]: a lookup
+// searches only the ranges starting in its address's top-16-bit bucket (and
+// the one before), ~6 entries instead of ~400k. 256 KiB a family.
 struct GeoDb::Tables {
   std::vector<uint32_t> v4First, v4Last;
   std::vector<Country> v4Country;
+  std::vector<uint32_t> v4Index;
   std::vector<U128> v6First, v6Last;
   std::vector<Country> v6Country;
+  std::vector<uint32_t> v6Index;
 };
 
 namespace {
 
 // Index of the last element <= key, or -1. Branch-free halving: the loop
 // runs log2(n) times whatever the data, and compiles to cmov.
+constexpr size_t kIndexSize = 65537;
+
 template <class U>
 ptrdiff_t lastNotAbove(const U* a, size_t n, U key) {
   if (n == 0 || key < a[0]) return -1;
@@ -619,6 +646,32 @@ ptrdiff_t lastNotAbove(const U* a, size_t n, U key) {
     n -= half;
   }
   return base - a;
+}
+
+template <class U>
+Country find(const std::vector<U>& first, const std::vector<U>& last,
+             const std::vector<Country>& country, const std::vector<uint32_t>& index, U a) {
+  if (first.empty()) return 0;
+  size_t bucket = static_cast<size_t>(a >> (kBits<U> - 16));
+  size_t lo = index[bucket], hi = index[bucket + 1];
+  size_t base =
+      lo > 0 ? lo - 1 : 0;  // a range starting in an earlier bucket may reach into this one
+  ptrdiff_t i = lastNotAbove(first.data() + base, hi - base, a);
+  if (i < 0) return 0;
+  size_t at = base + static_cast<size_t>(i);
+  return a <= last[at] ? country[at] : 0;
+}
+
+template <class U>
+std::vector<uint32_t> buildIndex(const std::vector<U>& first) {
+  std::vector<uint32_t> index(kIndexSize);
+  size_t i = 0;
+  for (size_t k = 0; k < index.size(); ++k) {
+    U bucketStart = k < 65536 ? static_cast<U>(static_cast<U>(k) << (kBits<U> - 16)) : U(0);
+    while (i < first.size() && (k == 65536 || first[i] < bucketStart)) ++i;
+    index[k] = static_cast<uint32_t>(i);
+  }
+  return index;
 }
 
 }  // namespace
@@ -632,16 +685,9 @@ Country GeoDb::lookup(const uint8_t* addr, size_t len) const {
     addr += 12;
     len = 4;
   }
-  if (len == 4) {
-    uint32_t a = v4Word(addr);
-    ptrdiff_t i = lastNotAbove(t_->v4First.data(), t_->v4First.size(), a);
-    return i >= 0 && a <= t_->v4Last[static_cast<size_t>(i)] ? t_->v4Country[static_cast<size_t>(i)] : 0;
-  }
-  if (len == 16) {
-    U128 a = v6Word(addr);
-    ptrdiff_t i = lastNotAbove(t_->v6First.data(), t_->v6First.size(), a);
-    return i >= 0 && a <= t_->v6Last[static_cast<size_t>(i)] ? t_->v6Country[static_cast<size_t>(i)] : 0;
-  }
+  const Tables& t = *t_;
+  if (len == 4) return find(t.v4First, t.v4Last, t.v4Country, t.v4Index, v4Word(addr));
+  if (len == 16) return find(t.v6First, t.v6Last, t.v6Country, t.v6Index, v6Word(addr));
   return 0;
 }
 
@@ -651,7 +697,8 @@ size_t GeoDb::bytes() const {
   const Tables& t = *t_;
   return t.v4First.capacity() * sizeof(uint32_t) + t.v4Last.capacity() * sizeof(uint32_t) +
          t.v4Country.capacity() * sizeof(Country) + t.v6First.capacity() * sizeof(U128) +
-         t.v6Last.capacity() * sizeof(U128) + t.v6Country.capacity() * sizeof(Country);
+         t.v6Last.capacity() * sizeof(U128) + t.v6Country.capacity() * sizeof(Country) +
+         (t.v4Index.capacity() + t.v6Index.capacity()) * sizeof(uint32_t);
 }
 
 std::vector<std::string> GeoDb::prefixesOf(Country c) const {
@@ -722,6 +769,8 @@ std::shared_ptr<const GeoDb> GeoLoader::reload(std::vector<std::string>* errors)
     t.v6Last.push_back(r.last);
     t.v6Country.push_back(r.c);
   }
+  if (!t.v4First.empty()) t.v4Index = buildIndex(t.v4First);
+  if (!t.v6First.empty()) t.v6Index = buildIndex(t.v6First);
   s_->db = std::move(db);
   return s_->db;
 }
@@ -748,8 +797,8 @@ uint64_t GeoLoader::loadErrors() const { return s_->loadErrors; }
 
 namespace {
 
-constexpr uint32_t kDirEvents = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE |
-                                IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
+constexpr uint32_t kDirEvents = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE |
+                                IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
 
 std::string stripSlashes(std::string p) {
   while (p.size() > 1 && p.back() == '/') p.pop_back();
@@ -770,9 +819,10 @@ struct GeoWatcher::Watches {
   struct Dir {
     std::string path;
     int wd = -1;
-    bool zones = false;                // a zones directory: any <cc>.zone counts
-    std::vector<std::string> names;    // files of interest in it
-    std::vector<size_t> zoneChildren;  // zones directories in it (indices), re-watched when replaced
+    bool zones = false;              // a zones directory: any <cc>.zone counts
+    std::vector<std::string> names;  // files of interest in it
+    std::vector<size_t>
+        zoneChildren;  // zones directories in it (indices), re-watched when replaced
   };
   std::vector<Dir> dirs;
 
@@ -785,7 +835,8 @@ struct GeoWatcher::Watches {
   }
 };
 
-GeoWatcher::GeoWatcher(const std::vector<GeoSourceConfig>& sources) : w_(std::make_unique<Watches>()) {
+GeoWatcher::GeoWatcher(const std::vector<GeoSourceConfig>& sources)
+    : w_(std::make_unique<Watches>()) {
   if (sources.empty()) return;
   auto& dirs = w_->dirs;
   for (const GeoSourceConfig& s : sources) {
@@ -799,7 +850,8 @@ GeoWatcher::GeoWatcher(const std::vector<GeoSourceConfig>& sources) : w_(std::ma
       dirs[pi].zoneChildren.push_back(z);
     } else {
       std::vector<const std::string*> files{&s.path};
-      if (s.type == GeoSourceType::kMaxmindCsv) files = {&s.blocksIpv4, &s.blocksIpv6, &s.locations};
+      if (s.type == GeoSourceType::kMaxmindCsv)
+        files = {&s.blocksIpv4, &s.blocksIpv6, &s.locations};
       for (const std::string* f : files) {
         if (f->empty()) continue;
         auto [parent, name] = splitPath(*f);

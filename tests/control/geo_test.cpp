@@ -13,11 +13,15 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -145,7 +149,9 @@ TEST(Geo, ZonesV4AndV6WithComments) {
 // First and last addresses of ranges, and of the address spaces.
 TEST(Geo, ZoneRangeEdges) {
   TempDir t;
-  writeFile(t / "fr.zone", "11.0.0.0/16\n0.0.0.0/32\n255.255.255.255/32\nffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\n");
+  writeFile(
+      t / "fr.zone",
+      "11.0.0.0/16\n0.0.0.0/32\n255.255.255.255/32\nffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\n");
   GeoLoader loader({zones(t.path())});
   auto db = loadOk(loader);
   EXPECT_EQ(countryOf(*db, "11.0.0.0"), "FR");
@@ -163,8 +169,8 @@ TEST(Geo, ZoneFileNamesInAnyCase) {
   TempDir t;
   writeFile(t / "DE.zone", "10.0.0.0/8\n");
   writeFile(t / "fR.ZONE", "11.0.0.0/8\n");
-  writeFile(t / "deu.zone", "12.0.0.0/8\n");    // not a 2-letter code: ignored
-  writeFile(t / "d1.zone", "13.0.0.0/8\n");     // not letters: ignored
+  writeFile(t / "deu.zone", "12.0.0.0/8\n");     // not a 2-letter code: ignored
+  writeFile(t / "d1.zone", "13.0.0.0/8\n");      // not letters: ignored
   writeFile(t / "README", "not a zone file\n");  // ignored
   writeFile(t / "it.zone.tmp", "14.0.0.0/8\n");  // an editor's temp file: ignored
   GeoLoader loader({zones(t.path() + "/")});
@@ -229,13 +235,12 @@ TEST(Geo, LaterSourceWinsOnOverlap) {
     EXPECT_EQ(countryOf(*db, "2001:db8:6::1"), "DE");
     EXPECT_EQ(countryOf(*db, "2001:db8::"), "DE");
     EXPECT_EQ(db->prefixesOf(cc("DE")),
-              (std::vector<std::string>{"2001:db8::/46", "2001:db8:4::/48", "2001:db8:6::/47",
-                                        "2001:db8:8::/45", "2001:db8:10::/44", "2001:db8:20::/43",
-                                        "2001:db8:40::/42", "2001:db8:80::/41", "2001:db8:100::/40",
-                                        "2001:db8:200::/39", "2001:db8:400::/38",
-                                        "2001:db8:800::/37", "2001:db8:1000::/36",
-                                        "2001:db8:2000::/35", "2001:db8:4000::/34",
-                                        "2001:db8:8000::/33"}));
+              (std::vector<std::string>{
+                  "2001:db8::/46", "2001:db8:4::/48", "2001:db8:6::/47", "2001:db8:8::/45",
+                  "2001:db8:10::/44", "2001:db8:20::/43", "2001:db8:40::/42", "2001:db8:80::/41",
+                  "2001:db8:100::/40", "2001:db8:200::/39", "2001:db8:400::/38",
+                  "2001:db8:800::/37", "2001:db8:1000::/36", "2001:db8:2000::/35",
+                  "2001:db8:4000::/34", "2001:db8:8000::/33"}));
   }
   {
     GeoLoader loader({zones(b.path()), zones(a.path())});
@@ -256,14 +261,15 @@ TEST(Geo, MaxmindCsvWithQuotesAndRegisteredCountry) {
             "1835841,en,AS,Asia,KR,\"Korea, Republic of\",0\r\n"
             "6255148,en,EU,Europe,,,0\r\n"  // a continent: no country
             "6252001,en,NA,\"North America\",US,\"The \"\"States\"\"\",0\r\n");
-  writeFile(t / "GeoLite2-Country-Blocks-IPv4.csv",
-            "\xEF\xBB\xBFnetwork,geoname_id,registered_country_geoname_id,represented_country_geoname_id,"
-            "is_anonymous_proxy,is_satellite_provider\n"
-            "1.0.0.0/24,2921044,2921044,,0,0\n"
-            "\"1.0.1.0/24\",\"1835841\",\"1835841\",\"\",\"0\",\"0\"\n"
-            "1.0.2.0/24,,3017382,,0,0\n"    // no country: the registered one
-            "1.0.3.0/24,6255148,6252001,,0,0\n"  // a continent: the registered one
-            "1.0.4.0/24,,,,1,0\n");               // anonymous proxy: unknown
+  writeFile(
+      t / "GeoLite2-Country-Blocks-IPv4.csv",
+      "\xEF\xBB\xBFnetwork,geoname_id,registered_country_geoname_id,represented_country_geoname_id,"
+      "is_anonymous_proxy,is_satellite_provider\n"
+      "1.0.0.0/24,2921044,2921044,,0,0\n"
+      "\"1.0.1.0/24\",\"1835841\",\"1835841\",\"\",\"0\",\"0\"\n"
+      "1.0.2.0/24,,3017382,,0,0\n"         // no country: the registered one
+      "1.0.3.0/24,6255148,6252001,,0,0\n"  // a continent: the registered one
+      "1.0.4.0/24,,,,1,0\n");              // anonymous proxy: unknown
   writeFile(t / "GeoLite2-Country-Blocks-IPv6.csv",
             "network,geoname_id,registered_country_geoname_id,represented_country_geoname_id,"
             "is_anonymous_proxy,is_satellite_provider\n"
@@ -295,7 +301,8 @@ TEST(Geo, MaxmindCsvWithQuotesAndRegisteredCountry) {
 TEST(Geo, MaxmindCsvErrorsNameFileAndLine) {
   TempDir t;
   writeFile(t / "loc.csv", "geoname_id,country_iso_code\n1,DE\n");
-  writeFile(t / "b4.csv", "network,geoname_id,registered_country_geoname_id\n1.0.0.0/24,1,1\n\"1.0.1.0/24,1,1\n");
+  writeFile(t / "b4.csv",
+            "network,geoname_id,registered_country_geoname_id\n1.0.0.0/24,1,1\n\"1.0.1.0/24,1,1\n");
   GeoSourceConfig s;
   s.type = GeoSourceType::kMaxmindCsv;
   s.blocksIpv4 = t / "b4.csv";
@@ -310,7 +317,8 @@ TEST(Geo, MaxmindCsvErrorsNameFileAndLine) {
   errors.clear();
   loader.reload(&errors);
   ASSERT_EQ(errors.size(), 1u);
-  EXPECT_EQ(errors[0], t / "b4.csv" + ":1: no \"registered_country_geoname_id\" column in the header");
+  EXPECT_EQ(errors[0],
+            t / "b4.csv" + ":1: no \"registered_country_geoname_id\" column in the header");
 
   writeFile(t / "b4.csv", "network,geoname_id,registered_country_geoname_id\n1.0.0.0/24,x1,1\n");
   errors.clear();
@@ -353,8 +361,8 @@ TEST(Geo, BadLineKeepsPreviousDataOfThatSource) {
   EXPECT_GT(st[0].loadedAtUnix, 0);
   EXPECT_EQ(st[1].error, "");
 
-  for (const char* bad : {"10.0.0.0/33", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/8x", "2001:db8::/129",
-                          "2001:db8::/abc", "garbage", "10.0.0.0 /8"}) {
+  for (const char* bad : {"10.0.0.0/33", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/8x",
+                          "2001:db8::/129", "2001:db8::/abc", "garbage", "10.0.0.0 /8"}) {
     writeFile(a / "de.zone", std::string(bad) + "\n");
     errors.clear();
     loader.reload(&errors);
@@ -430,6 +438,17 @@ TEST(Geo, MissingOrUnreadableFileKeepsPreviousData) {
   }
   EXPECT_EQ(countryOf(*db, "11.0.0.1"), "FR");
 
+  // Unreadable whatever the user: a "zone file" that is a directory.
+  fs::remove(t / "zones/de.zone");
+  fs::create_directory(t / "zones/de.zone");
+  uint64_t failedBefore = loader.loadErrors();
+  errors.clear();
+  db = loader.reload(&errors);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0], t / "zones/de.zone" + ": cannot read: Is a directory");
+  EXPECT_EQ(countryOf(*db, "10.0.0.1"), "DE");
+  EXPECT_EQ(loader.loadErrors(), failedBefore + 2);  // one per failed source
+
   errors.clear();
   GeoLoader missing({mmdb(t / "none.mmdb")});
   missing.reload(&errors);
@@ -492,7 +511,8 @@ TEST(Geo, WatcherSeesRewriteAndRenameReplace) {
 
 TEST(Geo, PrefixesOfRoundTrips) {
   TempDir a, b;
-  writeFile(a / "de.zone", "10.0.0.0/8\n10.1.0.0/16\n192.0.2.0/25\n192.0.2.128/25\n2001:db8::/32\n");
+  writeFile(a / "de.zone",
+            "10.0.0.0/8\n10.1.0.0/16\n192.0.2.0/25\n192.0.2.128/25\n2001:db8::/32\n");
   writeFile(a / "fr.zone", "10.1.2.0/23\n198.51.100.0/24\n2001:db8:ff00::/40\n::/0\n");
   GeoLoader first({zones(a.path())});
   auto db = loadOk(first);
@@ -510,14 +530,154 @@ TEST(Geo, PrefixesOfRoundTrips) {
   GeoLoader second({zones(b.path())});
   auto again = loadOk(second);
   EXPECT_EQ(again->entries(), db->entries());
-  for (const char* c : {"DE", "FR"}) EXPECT_EQ(again->prefixesOf(cc(c)), db->prefixesOf(cc(c))) << c;
-  for (const char* addr : {"10.0.0.0", "10.1.1.255", "10.1.2.0", "10.1.3.255", "10.1.4.0", "10.255.255.255",
-                           "11.0.0.0", "192.0.2.200", "198.51.100.1", "2001:db8::", "2001:db8:ff00::1",
-                           "2001:db8:ffff::1", "2001:db9::", "::", "ffff::1"}) {
+  for (const char* c : {"DE", "FR"})
+    EXPECT_EQ(again->prefixesOf(cc(c)), db->prefixesOf(cc(c))) << c;
+  for (const char* addr :
+       {"10.0.0.0", "10.1.1.255", "10.1.2.0", "10.1.3.255", "10.1.4.0", "10.255.255.255",
+        "11.0.0.0", "192.0.2.200", "198.51.100.1", "2001:db8::", "2001:db8:ff00::1",
+        "2001:db8:ffff::1", "2001:db9::", "::", "ffff::1"}) {
     EXPECT_EQ(countryOf(*again, addr), countryOf(*db, addr)) << addr;
   }
   EXPECT_EQ(countryOf(*db, "ffff::1"), "FR");
   EXPECT_EQ(countryOf(*db, "2001:db8:ff00::1"), "FR");
+}
+
+// Random nested and overlapping prefixes in two sources against a plain
+// reference: the longest matching prefix of the last source that has one.
+TEST(Geo, MatchesReferenceOnRandomPrefixes) {
+  struct P {
+    std::string text;
+    std::vector<bool> bits;  // the prefix's bits
+    std::string country;
+  };
+  std::mt19937_64 rng(1234);
+  const char* countries[] = {"DE", "FR", "US", "JP"};
+  auto bitsOf = [](const uint8_t* b, size_t n) {
+    std::vector<bool> v;
+    for (size_t i = 0; i < n * 8; ++i) v.push_back((b[i / 8] >> (7 - i % 8)) & 1);
+    return v;
+  };
+  // Addresses crowd into a small space (10.0.0.0/14, 2001:db8::/46) so that
+  // prefixes nest, overlap across sources and cross index buckets.
+  auto randomV4 = [&] { return (10u << 24) | static_cast<uint32_t>(rng() & 0x3ffff); };
+  auto randomV6 = [&] {
+    uint8_t b[16] = {0x20, 0x01, 0x0d, 0xb8};
+    uint64_t r = rng(), r2 = rng();
+    b[4] = static_cast<uint8_t>(r & 3);
+    for (int i = 5; i < 16; ++i)
+      b[i] = static_cast<uint8_t>((i < 12 ? r >> (8 * (i - 4)) : r2 >> (8 * (i - 12))));
+    return std::array<uint8_t, 16>{b[0], b[1], b[2],  b[3],  b[4],  b[5],  b[6],  b[7],
+                                   b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
+  };
+  TempDir t;
+  std::vector<std::vector<P>> sources(2);
+  std::vector<GeoSourceConfig> cfg;
+  for (size_t s = 0; s < sources.size(); ++s) {
+    std::string dir = t / ("src" + std::to_string(s));
+    fs::create_directory(dir);
+    cfg.push_back(zones(dir));
+    std::map<std::string, std::string> files;
+    std::set<std::string> seen;
+    for (int i = 0; i < 400; ++i) {
+      P p;
+      p.country = countries[rng() % 4];
+      char text[INET6_ADDRSTRLEN];
+      if (i % 2 == 0) {
+        int len = 12 + static_cast<int>(rng() % 21);
+        uint32_t a = randomV4() & (len == 0 ? 0 : ~0u << (32 - len));
+        uint8_t b[4] = {static_cast<uint8_t>(a >> 24), static_cast<uint8_t>(a >> 16),
+                        static_cast<uint8_t>(a >> 8), static_cast<uint8_t>(a)};
+        inet_ntop(AF_INET, b, text, sizeof text);
+        p.text = std::string(text) + "/" + std::to_string(len);
+        p.bits = bitsOf(b, 4);
+        p.bits.resize(static_cast<size_t>(len));
+      } else {
+        int len = 28 + static_cast<int>(rng() % 101);
+        auto b = randomV6();
+        for (int k = len; k < 128; ++k)
+          b[static_cast<size_t>(k / 8)] &= static_cast<uint8_t>(~(0x80 >> (k % 8)));
+        inet_ntop(AF_INET6, b.data(), text, sizeof text);
+        p.text = std::string(text) + "/" + std::to_string(len);
+        p.bits = bitsOf(b.data(), 16);
+        p.bits.resize(static_cast<size_t>(len));
+      }
+      if (!seen.insert(p.text).second) continue;  // one country per prefix in a source
+      files[p.country] += p.text + "\n";
+      sources[s].push_back(p);
+    }
+    for (const auto& [c, text] : files) writeFile(dir + "/" + c + ".zone", text);
+  }
+  GeoLoader loader(cfg);
+  auto db = loadOk(loader);
+
+  auto reference = [&](const uint8_t* b, size_t n) -> std::string {
+    std::vector<bool> bits = bitsOf(b, n);
+    for (size_t s = sources.size(); s-- > 0;) {
+      const P* best = nullptr;
+      for (const P& p : sources[s]) {
+        bool v6 = p.text.find(':') != std::string::npos;
+        if (v6 != (n == 16)) continue;
+        if (!std::equal(p.bits.begin(), p.bits.end(), bits.begin())) continue;
+        if (best == nullptr || p.bits.size() > best->bits.size()) best = &p;
+      }
+      if (best != nullptr) return best->country;
+    }
+    return "";
+  };
+  // Random addresses, and the edges of every prefix.
+  std::vector<std::vector<uint8_t>> probes;
+  for (int i = 0; i < 3000; ++i) {
+    uint32_t a = randomV4();
+    probes.push_back({static_cast<uint8_t>(a >> 24), static_cast<uint8_t>(a >> 16),
+                      static_cast<uint8_t>(a >> 8), static_cast<uint8_t>(a)});
+    auto b = randomV6();
+    probes.emplace_back(b.begin(), b.end());
+  }
+  for (const auto& src : sources) {
+    for (const P& p : src) {
+      size_t n = p.text.find(':') != std::string::npos ? 16 : 4;
+      for (int edge = 0; edge < 2; ++edge) {
+        std::vector<uint8_t> b(n, 0);
+        for (size_t k = 0; k < n * 8; ++k) {
+          bool bit = k < p.bits.size() ? p.bits[k] : edge == 1;
+          if (bit) b[k / 8] |= static_cast<uint8_t>(0x80 >> (k % 8));
+        }
+        probes.push_back(b);
+        // One past each edge.
+        std::vector<uint8_t> c = b;
+        if (edge == 1) {
+          for (size_t k = n; k-- > 0;)
+            if (++c[k] != 0) break;
+        } else {
+          for (size_t k = n; k-- > 0;)
+            if (c[k]-- != 0) break;
+        }
+        probes.push_back(c);
+      }
+    }
+  }
+  size_t known = 0;
+  for (const auto& b : probes) {
+    std::string want = reference(b.data(), b.size());
+    known += !want.empty();
+    char text[INET6_ADDRSTRLEN];
+    inet_ntop(b.size() == 4 ? AF_INET : AF_INET6, b.data(), text, sizeof text);
+    ASSERT_EQ(countryString(db->lookup(b.data(), b.size())), want) << text;
+  }
+  EXPECT_GT(known, probes.size() / 4);  // the probes do hit prefixes
+
+  // And the same table comes back from prefixesOf().
+  TempDir again;
+  for (const char* c : countries) {
+    std::string text;
+    for (const std::string& p : db->prefixesOf(cc(c))) text += p + "\n";
+    writeFile(again / (std::string(c) + ".zone"), text);
+  }
+  GeoLoader reloaded({zones(again.path())});
+  auto db2 = loadOk(reloaded);
+  EXPECT_EQ(db2->entries(), db->entries());
+  for (const auto& b : probes)
+    ASSERT_EQ(db2->lookup(b.data(), b.size()), db->lookup(b.data(), b.size()));
 }
 
 // ---- a tiny MaxMind DB writer (https://maxmind.github.io/MaxMind-DB/) ------
@@ -598,9 +758,12 @@ class MmdbWriter {
     size_t n = nodes_.size();
     auto value = [&](const Rec& r) -> uint32_t {
       switch (r.kind) {
-        case Rec::kNode: return static_cast<uint32_t>(r.v);
-        case Rec::kData: return static_cast<uint32_t>(n + 16 + offsets_[r.v]);
-        default: return static_cast<uint32_t>(n);
+        case Rec::kNode:
+          return static_cast<uint32_t>(r.v);
+        case Rec::kData:
+          return static_cast<uint32_t>(n + 16 + offsets_[r.v]);
+        default:
+          return static_cast<uint32_t>(n);
       }
     };
     for (const Node& node : nodes_) {
@@ -694,8 +857,15 @@ TEST(Geo, MmdbIpv6TreeWithIpv4Subtree) {
   MmdbWriter w(6);
   size_t de = w.record(countryRecord("country", "DE"));
   MmdbData regOnly;  // no "country": the registered country counts
-  regOnly.map(2).str("continent").map(1).str("code").str("EU")
-      .str("registered_country").map(1).str("iso_code").str("FR");
+  regOnly.map(2)
+      .str("continent")
+      .map(1)
+      .str("code")
+      .str("EU")
+      .str("registered_country")
+      .map(1)
+      .str("iso_code")
+      .str("FR");
   size_t fr = w.record(regOnly);
   MmdbData none;  // neither: unknown
   none.map(1).str("continent").map(1).str("code").str("EU");
@@ -733,7 +903,7 @@ TEST(Geo, MmdbIpv6TreeWithIpv4Subtree) {
   EXPECT_EQ(countryOf(*db, "2a10::1"), "US");
   EXPECT_EQ(countryOf(*db, "2a11::1"), "");
   EXPECT_EQ(countryOf(*db, "2002:100:1::1"), "");  // the 6to4 alias is not copied into IPv6
-  EXPECT_EQ(db->entries(), 6u);  // IPv4 read once, aliases skipped
+  EXPECT_EQ(db->entries(), 6u);                    // IPv4 read once, aliases skipped
   EXPECT_EQ(db->prefixesOf(cc("DE")), (std::vector<std::string>{"1.0.0.0/24", "2a00::/12"}));
   EXPECT_EQ(loader.status()[0].type, "mmdb");
 

@@ -47,8 +47,10 @@ class GeoDb {
 
   // Country of a raw network-order address, 0 if unknown. len 4 or 16 (any
   // other length answers 0); an IPv4-mapped IPv6 address (::ffff:a.b.c.d) is
-  // looked up in the IPv4 table. Hot path: no allocation, no locks, one
-  // O(log n) binary search over the ranges of that family.
+  // looked up in the IPv4 table. Hot path: no allocation, no locks, no
+  // syscall; a 64K-entry index on the top 16 address bits, then an O(log n)
+  // binary search over the ranges starting in that slot (bench/geo_bench.cpp:
+  // ~25 ns IPv4, ~60 ns IPv6 with a cold cache at 400k ranges).
   Country lookup(const uint8_t* addr, size_t len) const;
 
   size_t entries() const;  // ranges held (both families); adjacent ranges of one country are merged
@@ -68,11 +70,11 @@ class GeoDb {
 
 // One source as last loaded, for the status API.
 struct GeoSourceStatus {
-  std::string type;            // "zones", "maxmind_csv", "mmdb"
-  std::string path;            // zones dir / mmdb file; maxmind_csv: its files, comma-separated
-  int64_t loadedAtUnix = 0;    // last successful load; 0 = never
-  size_t entries = 0;          // ranges of the data in force (after last successful load)
-  std::string error;           // why the last attempt failed; "" when it succeeded
+  std::string type;          // "zones", "maxmind_csv", "mmdb"
+  std::string path;          // zones dir / mmdb file; maxmind_csv: its files, comma-separated
+  int64_t loadedAtUnix = 0;  // last successful load; 0 = never
+  size_t entries = 0;        // ranges of the data in force (after last successful load)
+  std::string error;         // why the last attempt failed; "" when it succeeded
 };
 
 // Reads the sources and keeps the last good parse of each. Control thread
