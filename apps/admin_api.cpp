@@ -49,11 +49,6 @@ std::string rfc3339(int64_t unix) {
   return buf;
 }
 
-std::string backendKey(const control::BackendConfig& b) {
-  return b.address.find(':') != std::string::npos ? "[" + b.address + "]:" + std::to_string(b.port)
-                                                   : b.address + ":" + std::to_string(b.port);
-}
-
 // "10.0.0.5:80" / "[::1]:80" -> comparable (family, bytes, port).
 bool parseBackendKey(const std::string& text, std::string& addrOut, uint16_t& port) {
   std::string addr;
@@ -184,7 +179,7 @@ std::string AdminApi::metrics() {
   std::string up, health, ej;
   for (const auto& p : app_.config().pools) {
     for (const auto& b : p.backends) {
-      std::string key = backendKey(b);
+      std::string key = control::backendKey(b);
       std::string st = app_.backendHealth(p.name, key, nullptr);
       std::string lab = "pool=\"" + esc(p.name) + "\",backend=\"" + esc(key) + "\"";
       bool isUp = !b.drain && b.weight > 0 && st != "unhealthy" && st != "ejected";
@@ -271,7 +266,7 @@ AdminApi::AdminApi(Appliance& app, std::string token) : app_(app), token_(std::m
   auto poolJson = [=, this](const control::PoolConfig& p) {
     json backends = json::array();
     for (const auto& b : p.backends) {
-      std::string key = backendKey(b);
+      std::string key = control::backendKey(b);
       std::string last;
       std::string health = app_.backendHealth(p.name, key, &last);
       backends.push_back({{"address", b.address}, {"port", b.port}, {"key", key}, {"weight", b.weight},
@@ -385,27 +380,41 @@ AdminApi::AdminApi(Appliance& app, std::string token) : app_(app), token_(std::m
     }
     return reply(200, json{{"current", app_.version()}, {"versions", versions}});
   });
-  add("GET", "/api/v1/config/versions/{version}", [=, this](const AdminRequest&, const Params& p) {
+  // A stored version named by the {version} parameter; on failure `e` is
+  // the answer (400 not a number, 404 unknown).
+  auto storedVersion = [this](const Params& p, control::Config& out, AdminResponse& e) {
     const std::string& v = p.at("version");
-    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
-      return fail(400, "\"" + v + "\" is not a version number");
-    if (app_.store() == nullptr) return fail(404, "no state directory: versions are not kept");
+    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos) {
+      e = fail(400, "\"" + v + "\" is not a version number");
+      return false;
+    }
+    if (app_.store() == nullptr) {
+      e = fail(404, "no state directory: versions are not kept");
+      return false;
+    }
     std::string err;
     auto c = app_.store()->load(std::stoull(v), err);
-    if (!c) return fail(404, "version " + v + ": " + err);
+    if (!c) {
+      e = fail(404, "version " + v + ": " + err);
+      return false;
+    }
+    out = std::move(*c);
+    return true;
+  };
+  add("GET", "/api/v1/config/versions/{version}", [=, this](const AdminRequest&, const Params& p) {
+    control::Config c;
+    AdminResponse e;
+    if (!storedVersion(p, c, e)) return e;
     AdminResponse r;
-    r.body = control::configToJson(*c, true);
+    r.body = control::configToJson(c, true);
     return r;
   });
   add("POST", "/api/v1/config/rollback/{version}", [=, this](const AdminRequest&, const Params& p) {
+    control::Config c;
+    AdminResponse e;
+    if (!storedVersion(p, c, e)) return e;
     const std::string& v = p.at("version");
-    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
-      return fail(400, "\"" + v + "\" is not a version number");
-    if (app_.store() == nullptr) return fail(404, "no state directory: versions are not kept");
-    std::string err;
-    auto c = app_.store()->load(std::stoull(v), err);
-    if (!c) return fail(404, "version " + v + ": " + err);
-    ApplyResult r = app_.apply(*c, "rollback", "rollback to version " + v);
+    ApplyResult r = app_.apply(c, "rollback", "rollback to version " + v);
     if (!r.ok) return failErrors(r.status, r.error, r.errors);
     return reply(200, json{{"version", r.version}, {"rolledBackTo", std::stoull(v)}});
   });
@@ -425,7 +434,7 @@ AdminApi::AdminApi(Appliance& app, std::string token) : app_(app), token_(std::m
         body["port"].is_number_unsigned()) {
       for (const auto& b : app_.config().pools[static_cast<size_t>(pi)].backends) {
         if (b.port == body["port"].get<uint64_t>() && sameAddress(b.address, body["address"].get<std::string>()))
-          return fail(409, "pool " + p.at("pool") + " already has backend " + backendKey(b));
+          return fail(409, "pool " + p.at("pool") + " already has backend " + control::backendKey(b));
       }
     }
     json doc = currentDoc();

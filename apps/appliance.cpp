@@ -194,8 +194,7 @@ void Appliance::setHealthTargets() {
       control::HealthTarget t;
       t.pool = p.name;
       if (!control::toSocketAddress(b.address, b.port, t.addr, t.addrLen)) continue;
-      t.backendKey = t.addr.ss_family == AF_INET6 ? "[" + b.address + "]:" + std::to_string(b.port)
-                                                  : b.address + ":" + std::to_string(b.port);
+      t.backendKey = control::backendKey(b);
       t.check = p.healthCheck;
       t.tls = p.tls;
       targets.push_back(std::move(t));
@@ -364,16 +363,14 @@ void Appliance::tick() {
     const auto& od = p.outlierDetection;
     size_t ejectedNow = 0;
     for (const auto& b : p.backends) {
-      std::string key = b.address.find(':') != std::string::npos ? "[" + b.address + "]:" + std::to_string(b.port)
-                                                                  : b.address + ":" + std::to_string(b.port);
+      const std::string key = control::backendKey(b);
       auto it = ejections_.find(p.name + "/" + key);
       if (it != ejections_.end() && it->second.ejected) ++ejectedNow;
     }
     const size_t maxEjected =
         od.maxEjectPercent == 0 ? 0 : std::max<size_t>(1, p.backends.size() * od.maxEjectPercent / 100);
     for (const auto& b : p.backends) {
-      std::string key = b.address.find(':') != std::string::npos ? "[" + b.address + "]:" + std::to_string(b.port)
-                                                                  : b.address + ":" + std::to_string(b.port);
+      const std::string key = control::backendKey(b);
       const std::string id = p.name + "/" + key;
       Ejection& e = ejections_[id];
       control::PassiveHealth* slot = passiveSlot(key);

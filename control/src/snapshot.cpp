@@ -51,6 +51,11 @@ std::vector<uint32_t> smoothRoundRobin(const std::vector<BackendRuntime>& backen
 
 }  // namespace
 
+std::string backendKey(const BackendConfig& b) {
+  return b.address.find(':') != std::string::npos ? "[" + b.address + "]:" + std::to_string(b.port)
+                                                   : b.address + ":" + std::to_string(b.port);
+}
+
 bool toSocketAddress(const std::string& address, uint16_t port, sockaddr_storage& out,
                      socklen_t& len) {
   out = sockaddr_storage{};
@@ -162,9 +167,7 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
       BackendRuntime br;
       if (!toSocketAddress(bc.address, bc.port, br.addr, br.addrLen))
         throw std::runtime_error("bad backend address " + bc.address);
-      br.key = br.addr.ss_family == AF_INET6
-                   ? "[" + bc.address + "]:" + std::to_string(bc.port)
-                   : bc.address + ":" + std::to_string(bc.port);
+      br.key = backendKey(bc);
       const std::string id = pc.name + "/" + br.key;
       br.configWeight = bc.weight;
       br.drained = bc.drain;

@@ -70,6 +70,10 @@ struct SnapshotInputs {
 bool toSocketAddress(const std::string& address, uint16_t port, sockaddr_storage& out,
                      socklen_t& len);
 
+// A backend's identity across snapshots, health checks, counters and the
+// admin API: "10.0.0.1:80", "[fd00::1]:80" (the address as configured).
+std::string backendKey(const BackendConfig& b);
+
 struct BackendRuntime {
   std::string key;  // "127.0.0.1:8081" / "[::1]:8081": identity across snapshots
   sockaddr_storage addr{};
