@@ -156,7 +156,7 @@ control::PassiveHealth* Appliance::passiveSlot(const std::string& backendKey) {
 
 std::vector<std::string> Appliance::outOfService() const {
   std::vector<std::string> out;
-  for (const auto& st : const_cast<control::HealthChecker&>(health_).statuses()) {
+  for (const auto& st : health_.statuses()) {
     if (st.state == control::HealthState::kUnhealthy) out.push_back(st.pool + "/" + st.backendKey);
   }
   for (const auto& [id, e] : ejections_) {
@@ -331,7 +331,7 @@ std::string Appliance::backendHealth(const std::string& pool, const std::string&
   auto it = ejections_.find(pool + "/" + key);
   bool ejected = it != ejections_.end() && it->second.ejected;
   std::string state = "unknown";
-  for (const auto& st : const_cast<control::HealthChecker&>(health_).statuses()) {
+  for (const auto& st : health_.statuses()) {
     if (st.pool == pool && st.backendKey == key) {
       state = control::toString(st.state);
       if (lastCheck != nullptr) *lastCheck = st.lastResult;

@@ -198,6 +198,17 @@ struct AdminServer::Impl {
     }
   }
 
+  // After an SSL call returned `r` <= 0 (or a handshake step != 1): true
+  // when it only has to wait for the socket (wantWrite says which way),
+  // false when the session is finished or broken.
+  static bool sslWouldBlock(Conn& c, int r) {
+    int e = SSL_get_error(c.ssl, r);
+    c.wantWrite = e == SSL_ERROR_WANT_WRITE;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return true;
+    ERR_clear_error();
+    return false;
+  }
+
   // Reads what is there. False: the connection is finished (closed or broken).
   bool readSome(Conn& c) {
     char buf[16384];
@@ -205,13 +216,7 @@ struct AdminServer::Impl {
       if (c.ssl != nullptr) {
         if (!c.handshakeDone) {
           int r = SSL_do_handshake(c.ssl);
-          if (r != 1) {
-            int e = SSL_get_error(c.ssl, r);
-            c.wantWrite = e == SSL_ERROR_WANT_WRITE;
-            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return true;
-            ERR_clear_error();
-            return false;
-          }
+          if (r != 1) return sslWouldBlock(c, r);
           c.handshakeDone = true;
           if (X509* cert = SSL_get1_peer_certificate(c.ssl)) {
             char name[512];
@@ -221,13 +226,7 @@ struct AdminServer::Impl {
           }
         }
         int r = SSL_read(c.ssl, buf, sizeof buf);
-        if (r <= 0) {
-          int e = SSL_get_error(c.ssl, r);
-          c.wantWrite = e == SSL_ERROR_WANT_WRITE;
-          if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return true;
-          ERR_clear_error();
-          return false;
-        }
+        if (r <= 0) return sslWouldBlock(c, r);
         c.in.append(buf, static_cast<size_t>(r));
       } else {
         ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
@@ -246,13 +245,7 @@ struct AdminServer::Impl {
       size_t left = c.out.size() - c.outOff;
       if (c.ssl != nullptr) {
         int r = SSL_write(c.ssl, c.out.data() + c.outOff, static_cast<int>(std::min<size_t>(left, 1 << 20)));
-        if (r <= 0) {
-          int e = SSL_get_error(c.ssl, r);
-          c.wantWrite = e == SSL_ERROR_WANT_WRITE;
-          if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return true;
-          ERR_clear_error();
-          return false;
-        }
+        if (r <= 0) return sslWouldBlock(c, r);
         c.outOff += static_cast<size_t>(r);
       } else {
         ssize_t r = ::send(c.fd, c.out.data() + c.outOff, left, MSG_NOSIGNAL);
