@@ -1,5 +1,7 @@
 #include "appliance.h"
 
+#include "l4_engines.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -131,6 +133,27 @@ std::vector<control::ConfigError> restartOnlyChanges(const control::Config& a, c
   }
   if (a.waf.auditLog != b.waf.auditLog) out.push_back({"waf.auditLog", "changes only on restart"});
   if (a.logging.accessLog != b.logging.accessLog) out.push_back({"logging.accessLog", "changes only on restart"});
+  // L4: the engine, its ports and lcores, and table sizes are set up once.
+  if (a.l4.engine != b.l4.engine) out.push_back({"l4.engine", "changes only on restart"});
+  if (!(a.l4.dpdk == b.l4.dpdk)) out.push_back({"l4.dpdk", "changes only on restart (EAL, ports, lcores)"});
+  // Each worker's flow table and SYN limiter are built once, at start.
+  if (!(a.l4.flows == b.l4.flows)) out.push_back({"l4.flows", "changes only on restart (tables are sized at start)"});
+  if (!(a.l4.synLimit == b.l4.synLimit)) out.push_back({"l4.synLimit", "changes only on restart"});
+  // The socket engine listens on each proxied VIP: that set is fixed at start.
+  if (a.l4.engine == control::L4Engine::kUring) {
+    auto endpoints = [](const control::Config& c) {
+      std::vector<std::string> v;
+      for (const auto& s : c.l4.services) {
+        v.push_back(std::string(control::toString(s.protocol)) + "/" + s.address + "/" + std::to_string(s.port));
+      }
+      std::sort(v.begin(), v.end());
+      return v;
+    };
+    if (endpoints(a) != endpoints(b)) {
+      out.push_back({"l4.services", "on the uring engine, VIP addresses, ports and protocols change only on restart "
+                                    "(backends, weights and deny lists change live)"});
+    }
+  }
   return out;
 }
 
@@ -143,7 +166,7 @@ Appliance::Appliance(const Options& o, control::Config initial, uint64_t initial
       waf_(std::move(waf)),
       tls_(std::move(tls)),
       tickets_(std::move(tickets)),
-      publisher_(o.workers) {
+      publisher_(o.workers + o.l4Workers) {
   startedUnix_ = static_cast<int64_t>(time(nullptr));
   startedMonoMs_ = monoMs();
 }
@@ -176,6 +199,7 @@ bool Appliance::publishCurrent(std::string& err) {
   in.outOfService = outOfService();
   in.passiveSlot = [this](const std::string& k) { return passiveSlot(k); };
   in.geo = geoDb_;
+  in.makeDenyLookup = makeDenyLookup;
   try {
     publisher_.publish(control::buildSnapshot(config_, ++publishSeq_, in));
   } catch (const std::exception& e) {
@@ -314,6 +338,7 @@ ApplyResult Appliance::apply(const control::Config& next, const std::string& sou
     return r;
   }
   setHealthTargets();
+  applyStaticNeighbors(*this, config_);
   gLogLevel = static_cast<int>(config_.logging.level);
   if (opts_.store != nullptr) {
     std::string serr;

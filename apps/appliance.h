@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,6 +19,10 @@
 #include "moat/control/health.h"
 #include "moat/control/snapshot.h"
 #include "moat/control/state_store.h"
+#include "moat/dataplane/packet_engine.h"
+#include "moat/l4/neighbors.h"
+#include "moat/l4/processor.h"
+#include "moat/l4/sock_proxy.h"
 #include "moat/l7/proxy.h"
 #include "moat/l7/tls.h"
 #include "moat/ratelimit/limiter.h"
@@ -53,6 +58,7 @@ class Appliance {
   struct Options {
     std::string configPath;  // "" = embedded default
     size_t workers = 1;
+    size_t l4Workers = 0;  // snapshot readers past the L7 workers (L4 engines' lcores / threads)
     control::StateStore* store = nullptr;  // null: no persistence
   };
 
@@ -102,6 +108,14 @@ class Appliance {
 
   std::vector<std::unique_ptr<l7::Worker>> workers;
   std::unique_ptr<ratelimit::Table> rateTable;
+  // L4: one of the two engines runs (l4.engine). Owned here so the API and
+  // /metrics can read their reports; started and stopped by moatd.
+  std::unique_ptr<l4::NeighborTable> neighbors;  // shared by the lcores; outlives the engine
+  std::vector<std::unique_ptr<l4::SockWorker>> sockWorkers;
+  std::unique_ptr<dataplane::PacketEngine> packetEngine;
+  std::vector<l4::Processor*> processors;  // one per lcore, owned by packetEngine
+  // Set by moatd on the packet engine: builds the LPM deny tables.
+  std::function<std::shared_ptr<const l4::PrefixLookup>(const std::vector<l4::DenyPrefix>&)> makeDenyLookup;
 
  private:
   bool publishCurrent(std::string& err);

@@ -35,6 +35,7 @@
 
 #include "admin_api.h"
 #include "appliance.h"
+#include "l4_engines.h"
 #include "moat/control/admin_server.h"
 #include "moat/control/config.h"
 #include "moat/control/config_json.h"
@@ -388,8 +389,16 @@ int main(int argc, char** argv) {
   app::Appliance::Options aopts;
   aopts.configPath = configPath;
   aopts.workers = nworkers;
+  const size_t l4Slots = app::l4SlotCount(config, nworkers);
+  aopts.l4Workers = l4Slots;
   aopts.store = store.get();
   app::Appliance appliance(aopts, config, version, wafEngine, tls, ticketSecret);
+  // The packet engine (EAL, port, LPM builder) must exist before the first
+  // snapshot is built: its deny tables live in EAL memory.
+  if (!app::prepareL4(appliance, config, nworkers, err)) {
+    logLine("error", "l4: " + err + "; not starting");
+    return 1;
+  }
   if (!appliance.start(err)) {
     logLine("error", "config: " + err);
     return 1;
@@ -481,6 +490,12 @@ int main(int argc, char** argv) {
       workers[i]->run(5000);
     });
   }
+  if (!app::startL4(appliance, config, nworkers, nworkers, &stop, threads, err)) {
+    logLine("error", err + "; not starting");
+    stop.store(true);
+    for (auto& t : threads) t.join();
+    return 1;
+  }
   for (size_t i = 0; i < config.listeners.size(); ++i) {
     const auto& l = config.listeners[i];
     std::string what = l.name;
@@ -544,8 +559,12 @@ int main(int argc, char** argv) {
   admin.reset();
   stop.store(true);
   for (auto& t : threads) t.join();
+  app::stopL4(appliance, nworkers);
   std::fprintf(stderr, "%s\n", statsJson(app::sumReports(workers), appliance.rateTable.get()).c_str());
   workers.clear();
+  appliance.sockWorkers.clear();
+  appliance.processors.clear();
+  appliance.packetEngine.reset();
   appliance.publisher().reclaim();
   ::close(sigFd);
   logLine("info", "stopped");

@@ -192,9 +192,11 @@ class Validator {
         waf(v, key);
       } else if (key == "geo") {
         geo(v, key);
+      } else if (key == "l4") {
+        l4(v, key);
       } else {
         unknown(key, "workers, listeners, pools, routes, timeouts, limits, logging, rateLimit, "
-                     "waf, geo");
+                     "waf, geo, l4");
       }
     }
     if (!sawListeners) error("listeners", "missing required field");
@@ -206,6 +208,9 @@ class Validator {
     }
     // Country lists need a database (geo may follow the listeners).
     if (config_.geo.sources.empty()) {
+      if (!config_.l4.geoDeny.empty()) {
+        error("l4.geoDeny", "needs geo.sources (a country database) to look countries up");
+      }
       for (const std::string& path : geoCountryRefs_) {
         error(path, "needs geo.sources (a country database) to look countries up");
       }
@@ -910,6 +915,290 @@ class Validator {
     }
   }
 
+  // A list of MAC addresses is not needed; one "aa:bb:cc:dd:ee:ff".
+  static bool isMac(const std::string& s) {
+    if (s.size() != 17) return false;
+    for (size_t i = 0; i < 17; ++i) {
+      if (i % 3 == 2) {
+        if (s[i] != ':') return false;
+      } else if (!std::isxdigit(static_cast<unsigned char>(s[i]))) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  template <class E>
+  bool enumField(const Json& v, const std::string& fp,
+                 std::initializer_list<std::pair<const char*, E>> names, E* out) {
+    std::optional<std::string> s = string(v, fp);
+    if (!s) return false;
+    std::string allowed;
+    for (const auto& [n, e] : names) {
+      if (*s == n) {
+        *out = e;
+        return true;
+      }
+      allowed += (allowed.empty() ? "" : ", ") + std::string(n);
+    }
+    error(fp, "unknown value " + jsonQuote(*s) + " (allowed: " + allowed + ")");
+    return false;
+  }
+
+  void l4(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    L4Config& c = config_.l4;
+    // The engine decides the services' default forwarding: read it first.
+    if (auto e = j.find("engine"); e != j.end() && e->is_string() && *e == "dpdk") {
+      c.engine = L4Engine::kDpdk;
+    }
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      const std::string& k = m.key();
+      if (k == "engine") {
+        enumField<L4Engine>(v, fp, {{"uring", L4Engine::kUring}, {"dpdk", L4Engine::kDpdk}},
+                            &c.engine);
+      } else if (k == "localIpv4" || k == "localIpv6") {
+        if (v.is_string() && v.get_ref<const std::string&>().empty()) continue;  // none
+        std::string addr;
+        bool isV6 = false;
+        if (address(v, fp, &addr, &isV6)) {
+          if (isV6 != (k == "localIpv6")) {
+            error(fp, isV6 ? "must be an IPv4 address" : "must be an IPv6 address");
+          } else {
+            (k == "localIpv4" ? c.localIpv4 : c.localIpv6) = addr;
+          }
+        }
+      } else if (k == "mtu") {
+        uintInRange(v, fp, 576, 9000, " bytes", &c.mtu);
+      } else if (k == "services") {
+        l4Services(v, fp);
+      } else if (k == "denyCidrs") {
+        cidrList(v, fp, &c.denyCidrs);
+      } else if (k == "geoDeny") {
+        stringList(v, fp, &c.geoDeny, [&](const std::string& s, const std::string& ip) {
+          auto letter = [](char ch) { return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z'); };
+          if (s.size() == 2 && letter(s[0]) && letter(s[1])) return true;
+          error(ip, jsonQuote(s) + " is not an ISO 3166-1 alpha-2 country code (such as \"DE\")");
+          return false;
+        });
+        for (std::string& cc : c.geoDeny) {
+          for (char& ch : cc) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+        }
+      } else if (k == "synLimit") {
+        if (!object(v, fp)) continue;
+        for (const auto& f : v.items()) {
+          const std::string ffp = join(fp, f.key());
+          if (f.key() == "perSecond") {
+            uintInRange(f.value(), ffp, 0, 10000000, "", &c.synLimit.perSecond);
+          } else if (f.key() == "burst") {
+            uintInRange(f.value(), ffp, 0, 10000000, "", &c.synLimit.burst);
+          } else {
+            unknown(ffp, "perSecond, burst");
+          }
+        }
+      } else if (k == "flows") {
+        if (!object(v, fp)) continue;
+        for (const auto& f : v.items()) {
+          const std::string ffp = join(fp, f.key());
+          const std::string& fk = f.key();
+          if (fk == "maxPerWorker") {
+            uintInRange(f.value(), ffp, 1024, 64u << 20, "", &c.flows.maxPerWorker);
+          } else if (fk == "synTimeoutS") {
+            uintInRange(f.value(), ffp, 1, 3600, " s", &c.flows.synTimeoutS);
+          } else if (fk == "establishedTimeoutS") {
+            uintInRange(f.value(), ffp, 1, 604800, " s", &c.flows.establishedTimeoutS);
+          } else if (fk == "closingTimeoutS") {
+            uintInRange(f.value(), ffp, 1, 3600, " s", &c.flows.closingTimeoutS);
+          } else if (fk == "udpTimeoutS") {
+            uintInRange(f.value(), ffp, 1, 86400, " s", &c.flows.udpTimeoutS);
+          } else {
+            unknown(ffp, "maxPerWorker, synTimeoutS, establishedTimeoutS, closingTimeoutS, "
+                         "udpTimeoutS");
+          }
+        }
+      } else if (k == "neighbors") {
+        if (!array(v, fp)) continue;
+        for (size_t i = 0; i < v.size(); ++i) {
+          const std::string np = indexed(fp, i);
+          if (!object(v[i], np)) continue;
+          L4NeighborConfig n;
+          for (const auto& f : v[i].items()) {
+            const std::string ffp = join(np, f.key());
+            if (f.key() == "address") {
+              bool isV6 = false;
+              address(f.value(), ffp, &n.address, &isV6);
+            } else if (f.key() == "mac") {
+              std::optional<std::string> s = string(f.value(), ffp);
+              if (s && !isMac(*s)) {
+                error(ffp, jsonQuote(*s) + " is not a MAC address (such as \"02:00:00:00:00:01\")");
+              } else if (s) {
+                n.mac = *s;
+              }
+            } else {
+              unknown(ffp, "address, mac");
+            }
+          }
+          if (n.address.empty()) error(join(np, "address"), "missing required field");
+          if (n.mac.empty()) error(join(np, "mac"), "missing required field");
+          c.neighbors.push_back(std::move(n));
+        }
+      } else if (k == "dpdk") {
+        dpdk(v, fp);
+      } else {
+        unknown(fp, "engine, localIpv4, localIpv6, mtu, services, denyCidrs, geoDeny, synLimit, "
+                    "flows, neighbors, dpdk");
+      }
+    }
+    // Packet modes need the DPDK engine, the proxy mode the socket engine.
+    const bool dpdkEngine = c.engine == L4Engine::kDpdk;
+    for (size_t i = 0; i < c.services.size(); ++i) {
+      const L4ServiceConfig& s = c.services[i];
+      const std::string sp = indexed(join(path, "services"), i);
+      if (dpdkEngine && s.forwarding == L4Forwarding::kProxy) {
+        error(join(sp, "forwarding"), "\"proxy\" needs l4.engine \"uring\" (packet engine: ipip, gue, dsr)");
+      } else if (!dpdkEngine && s.forwarding != L4Forwarding::kProxy) {
+        error(join(sp, "forwarding"), std::string("\"") + toString(s.forwarding) +
+                                          "\" needs l4.engine \"dpdk\" (socket engine: proxy)");
+      }
+      if (dpdkEngine && s.forwarding != L4Forwarding::kProxy && c.localIpv4.empty() &&
+          c.localIpv6.empty()) {
+        error(join(path, "localIpv4"),
+              "the packet engine needs the balancer's own address (ARP, ICMP, encapsulation)");
+      }
+    }
+    if (dpdkEngine && c.dpdk.port.empty()) {
+      error(join(join(path, "dpdk"), "port"), "the dpdk engine needs a port (PCI address or vdev)");
+    }
+  }
+
+  void l4Services(const Json& j, const std::string& path) {
+    if (!array(j, path)) return;
+    std::unordered_map<std::string, std::string> byEndpoint, byName;
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string sp = indexed(path, i);
+      if (!object(j[i], sp)) continue;
+      L4ServiceConfig sc;
+      std::optional<std::string> canon;
+      bool isV6 = false, sawAddress = false, sawPort = false, sawPool = false, sawFwd = false;
+      for (const auto& f : j[i].items()) {
+        const std::string fp = join(sp, f.key());
+        const std::string& k = f.key();
+        const Json& v = f.value();
+        if (k == "name") {
+          std::optional<std::string> s = string(v, fp);
+          if (s && s->empty()) error(fp, "must not be empty");
+          if (s) sc.name = *s;
+        } else if (k == "address") {
+          sawAddress = true;
+          canon = address(v, fp, &sc.address, &isV6);
+        } else if (k == "port") {
+          sawPort = true;
+          if (auto p = port(v, fp)) sc.port = *p;
+        } else if (k == "protocol") {
+          enumField<L4Protocol>(v, fp, {{"tcp", L4Protocol::kTcp}, {"udp", L4Protocol::kUdp}},
+                                &sc.protocol);
+        } else if (k == "pool") {
+          sawPool = true;
+          std::optional<std::string> s = string(v, fp);
+          if (s && poolNames_.count(*s) == 0) error(fp, "no pool named " + jsonQuote(*s));
+          if (s) sc.pool = *s;
+        } else if (k == "forwarding") {
+          sawFwd = true;
+          enumField<L4Forwarding>(v, fp,
+                                  {{"ipip", L4Forwarding::kIpip},
+                                   {"gue", L4Forwarding::kGue},
+                                   {"dsr", L4Forwarding::kDsr},
+                                   {"proxy", L4Forwarding::kProxy}},
+                                  &sc.forwarding);
+        } else if (k == "guePort") {
+          if (auto p = port(v, fp)) sc.guePort = *p;
+        } else if (k == "onBackendDown") {
+          enumField<L4BackendDown>(v, fp,
+                                   {{"reset", L4BackendDown::kReset}, {"drop", L4BackendDown::kDrop}},
+                                   &sc.onBackendDown);
+        } else {
+          unknown(fp, "name, address, port, protocol, pool, forwarding, guePort, onBackendDown");
+        }
+      }
+      if (!sawAddress) error(join(sp, "address"), "missing required field");
+      if (!sawPort) error(join(sp, "port"), "missing required field");
+      if (!sawPool) error(join(sp, "pool"), "missing required field");
+      if (!sawFwd) {
+        // Default by engine (looked up first by l4()): the socket engine can only proxy.
+        sc.forwarding = config_.l4.engine == L4Engine::kDpdk ? L4Forwarding::kIpip
+                                                             : L4Forwarding::kProxy;
+      }
+      if (canon && sc.port != 0) {
+        const std::string ep = std::string(toString(sc.protocol)) + "/" + hostPort(*canon, isV6, sc.port);
+        if (sc.name.empty()) sc.name = std::string(toString(sc.protocol)) + "/" + hostPort(sc.address, isV6, sc.port);
+        auto [it, fresh] = byEndpoint.emplace(ep, sp);
+        if (!fresh) error(sp, "same address, protocol and port as " + it->second);
+      }
+      if (!sc.name.empty()) {
+        auto [it, fresh] = byName.emplace(sc.name, sp);
+        if (!fresh) error(join(sp, "name"), "duplicate service name " + jsonQuote(sc.name) + " (also " + it->second + ")");
+      }
+      config_.l4.services.push_back(std::move(sc));
+    }
+  }
+
+  void dpdk(const Json& j, const std::string& path) {
+    if (!object(j, path)) return;
+    DpdkConfig& d = config_.l4.dpdk;
+    for (const auto& m : j.items()) {
+      const std::string fp = join(path, m.key());
+      const Json& v = m.value();
+      const std::string& k = m.key();
+      if (k == "lcores") {
+        if (!array(v, fp)) continue;
+        d.lcores.clear();
+        std::set<uint32_t> seen;
+        for (size_t i = 0; i < v.size(); ++i) {
+          uint32_t lc = 0;
+          if (!uintInRange(v[i], indexed(fp, i), 0, 1023, "", &lc)) continue;
+          if (!seen.insert(lc).second) error(indexed(fp, i), "duplicate lcore " + std::to_string(lc));
+          d.lcores.push_back(lc);
+        }
+        if (v.empty()) error(fp, "at least one worker lcore is required");
+      } else if (k == "mainLcore") {
+        uintInRange(v, fp, 0, 1023, "", &d.mainLcore);
+      } else if (k == "noHuge") {
+        boolean(v, fp, &d.noHuge);
+      } else if (k == "memoryMb") {
+        uintInRange(v, fp, 0, 1u << 20, " MiB", &d.memoryMb);
+      } else if (k == "port") {
+        if (std::optional<std::string> s = string(v, fp)) d.port = *s;
+      } else if (k == "eal") {
+        stringList(v, fp, &d.eal, [](const std::string&, const std::string&) { return true; });
+      } else if (k == "exceptionTap") {
+        std::optional<std::string> s = string(v, fp);
+        if (s && s->size() > 15) error(fp, "an interface name has at most 15 characters");
+        else if (s) d.exceptionTap = *s;
+      } else if (k == "rxDescriptors") {
+        uintInRange(v, fp, 64, 16384, "", &d.rxDescriptors);
+      } else if (k == "txDescriptors") {
+        uintInRange(v, fp, 64, 16384, "", &d.txDescriptors);
+      } else if (k == "mbufsPerLcore") {
+        uintInRange(v, fp, 1024, 1u << 22, "", &d.mbufsPerLcore);
+      } else if (k == "burst") {
+        uintInRange(v, fp, 1, 256, "", &d.burst);
+      } else if (k == "txDrainUs") {
+        uintInRange(v, fp, 1, 100000, " us", &d.txDrainUs);
+      } else {
+        unknown(fp, "lcores, mainLcore, noHuge, memoryMb, port, eal, exceptionTap, rxDescriptors, "
+                    "txDescriptors, mbufsPerLcore, burst, txDrainUs");
+      }
+    }
+    for (size_t i = 0; i < d.lcores.size(); ++i) {
+      if (d.lcores[i] == d.mainLcore) {
+        error(indexed(join(path, "lcores"), i), "lcore " + std::to_string(d.mainLcore) +
+                                                    " is the main lcore (mainLcore)");
+      }
+    }
+  }
+
   void routes(const Json& j, const std::string& path) {
     if (!array(j, path)) return;
     std::unordered_map<std::string, std::string> seen;  // host + '\n' + prefix -> path
@@ -1434,6 +1723,19 @@ const char* toString(GeoSourceType t) {
   }
   return "unknown";
 }
+
+const char* toString(L4Engine e) { return e == L4Engine::kDpdk ? "dpdk" : "uring"; }
+const char* toString(L4Protocol p) { return p == L4Protocol::kUdp ? "udp" : "tcp"; }
+const char* toString(L4Forwarding f) {
+  switch (f) {
+    case L4Forwarding::kIpip: return "ipip";
+    case L4Forwarding::kGue: return "gue";
+    case L4Forwarding::kDsr: return "dsr";
+    case L4Forwarding::kProxy: return "proxy";
+  }
+  return "?";
+}
+const char* toString(L4BackendDown d) { return d == L4BackendDown::kDrop ? "drop" : "reset"; }
 
 const char* toString(LogLevel l) {
   switch (l) {

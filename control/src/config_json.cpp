@@ -194,6 +194,54 @@ Json geoJson(const GeoConfig& g) {
   return Json{{"sources", std::move(sources)}};
 }
 
+Json l4Json(const L4Config& c) {
+  Json j;
+  j["engine"] = toString(c.engine);
+  j["localIpv4"] = c.localIpv4;
+  j["localIpv6"] = c.localIpv6;
+  j["mtu"] = c.mtu;
+  Json services = Json::array();
+  for (const L4ServiceConfig& s : c.services) {
+    services.push_back(Json{{"name", s.name},
+                            {"address", s.address},
+                            {"port", s.port},
+                            {"protocol", toString(s.protocol)},
+                            {"pool", s.pool},
+                            {"forwarding", toString(s.forwarding)},
+                            {"guePort", s.guePort},
+                            {"onBackendDown", toString(s.onBackendDown)}});
+  }
+  j["services"] = std::move(services);
+  j["denyCidrs"] = strings(c.denyCidrs);
+  j["geoDeny"] = strings(c.geoDeny);
+  j["synLimit"] = Json{{"perSecond", c.synLimit.perSecond}, {"burst", c.synLimit.burst}};
+  j["flows"] = Json{{"maxPerWorker", c.flows.maxPerWorker},
+                    {"synTimeoutS", c.flows.synTimeoutS},
+                    {"establishedTimeoutS", c.flows.establishedTimeoutS},
+                    {"closingTimeoutS", c.flows.closingTimeoutS},
+                    {"udpTimeoutS", c.flows.udpTimeoutS}};
+  Json neighbors = Json::array();
+  for (const L4NeighborConfig& n : c.neighbors) {
+    neighbors.push_back(Json{{"address", n.address}, {"mac", n.mac}});
+  }
+  j["neighbors"] = std::move(neighbors);
+  Json lcores = Json::array();
+  for (uint32_t l : c.dpdk.lcores) lcores.push_back(l);
+  j["dpdk"] = Json{{"lcores", std::move(lcores)},
+                   {"mainLcore", c.dpdk.mainLcore},
+                   {"noHuge", c.dpdk.noHuge},
+                   {"memoryMb", c.dpdk.memoryMb},
+                   {"port", c.dpdk.port},
+                   {"eal", strings(c.dpdk.eal)},
+                   {"exceptionTap", c.dpdk.exceptionTap},
+                   {"rxDescriptors", c.dpdk.rxDescriptors},
+                   {"txDescriptors", c.dpdk.txDescriptors},
+                   {"mbufsPerLcore", c.dpdk.mbufsPerLcore},
+                   {"burst", c.dpdk.burst},
+                   {"txDrainUs", c.dpdk.txDrainUs}};
+  return j;
+}
+
 Json toJson(const Config& c) {
   Json j;
   j["workers"] = c.workers;
@@ -220,6 +268,7 @@ Json toJson(const Config& c) {
   j["rateLimit"] = rateLimitJson(c.rateLimit);
   j["waf"] = wafJson(c.waf);
   j["geo"] = geoJson(c.geo);
+  j["l4"] = l4Json(c.l4);
   return j;
 }
 

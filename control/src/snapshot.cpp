@@ -5,9 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <ctime>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
+#include "moat/control/geo.h"
 #include "moat/l4/maglev.h"
 
 namespace moat::control {
@@ -47,6 +51,127 @@ std::vector<uint32_t> smoothRoundRobin(const std::vector<BackendRuntime>& backen
     seq.push_back(static_cast<uint32_t>(best));
   }
   return seq;
+}
+
+}  // namespace
+
+uint32_t stableBackendId(const std::string& key) {
+  static std::mutex mu;
+  static std::map<std::string, uint32_t> ids;
+  std::lock_guard<std::mutex> lock(mu);
+  auto [it, fresh] = ids.emplace(key, static_cast<uint32_t>(ids.size()));
+  return it->second;
+}
+
+namespace {
+
+// "10.0.0.0/8" -> prefix; false when it does not parse.
+bool parsePrefix(const std::string& text, l4::DenyPrefix* out) {
+  size_t slash = text.find('/');
+  std::string addr = slash == std::string::npos ? text : text.substr(0, slash);
+  l4::IpAddress ip;
+  if (!l4::IpAddress::parse(addr, ip)) return false;
+  int len = ip.len == 4 ? 32 : 128;
+  if (slash != std::string::npos) {
+    try {
+      len = std::stoi(text.substr(slash + 1));
+    } catch (...) {
+      return false;
+    }
+  }
+  if (len < 0 || len > (ip.len == 4 ? 32 : 128)) return false;
+  std::memcpy(out->addr, ip.bytes, ip.len);
+  out->ipVersion = ip.len == 4 ? 4 : 6;
+  out->length = static_cast<uint8_t>(len);
+  return true;
+}
+
+void buildL4(const Config& config, const SnapshotInputs& inputs, const Snapshot& snap, l4::Tables* t) {
+  const L4Config& c = config.l4;
+  t->mtu = c.mtu;
+  if (!c.localIpv4.empty()) inet_pton(AF_INET, c.localIpv4.c_str(), t->localIpv4);
+  if (!c.localIpv6.empty()) t->hasLocalIpv6 = inet_pton(AF_INET6, c.localIpv6.c_str(), t->localIpv6) == 1;
+  std::string err;
+  for (const std::string& cidr : c.denyCidrs) {
+    if (!t->denyCidrs.add(cidr, &err)) throw std::runtime_error("l4.denyCidrs: " + err);
+    l4::DenyPrefix p;
+    if (parsePrefix(cidr, &p)) t->denyPrefixes.push_back(p);
+  }
+  if (inputs.geo) {
+    for (const std::string& cc : c.geoDeny) {
+      const Country country = packCountry(cc[0], cc[1]);
+      for (const std::string& prefix : inputs.geo->prefixesOf(country)) {
+        l4::DenyPrefix p;
+        if (!parsePrefix(prefix, &p)) continue;
+        p.country = country;
+        t->denyPrefixes.push_back(p);
+        t->denyGeo.add(prefix, &err);
+      }
+    }
+  }
+  t->denyCidrs.seal();
+  t->denyGeo.seal();
+  if (inputs.makeDenyLookup && !t->denyPrefixes.empty()) t->denyLookup = inputs.makeDenyLookup(t->denyPrefixes);
+  for (const L4ServiceConfig& sc : c.services) {
+    l4::Service s;
+    s.name = sc.name;
+    s.protocol = sc.protocol;
+    s.port = sc.port;
+    s.forwarding = sc.forwarding;
+    s.guePort = sc.guePort;
+    s.onBackendDown = sc.onBackendDown;
+    if (!toSocketAddress(sc.address, sc.port, s.listen, s.listenLen)) {
+      throw std::runtime_error("bad l4 service address " + sc.address);
+    }
+    if (s.listen.ss_family == AF_INET6) {
+      s.ipVersion = 6;
+      std::memcpy(s.vip, &reinterpret_cast<const sockaddr_in6&>(s.listen).sin6_addr, 16);
+    } else {
+      std::memcpy(s.vip, &reinterpret_cast<const sockaddr_in&>(s.listen).sin_addr, 4);
+    }
+    uint32_t tableSize = l4::kDefaultMaglevTableSize;
+    const PoolRuntime* pool = nullptr;
+    for (size_t i = 0; i < config.pools.size(); ++i) {
+      if (config.pools[i].name == sc.pool) {
+        pool = &snap.pools[i];
+        tableSize = config.pools[i].maglevTableSize;
+      }
+    }
+    if (pool == nullptr) throw std::runtime_error("l4 service " + sc.name + ": no pool " + sc.pool);
+    uint32_t maxId = 0;
+    for (size_t i = 0; i < pool->backends.size(); ++i) {
+      const BackendRuntime& br = pool->backends[i];
+      l4::Backend b;
+      b.id = stableBackendId(br.key);
+      b.key = br.key;
+      b.sa = br.addr;
+      b.saLen = br.addrLen;
+      if (br.addr.ss_family == AF_INET6) {
+        const auto& a6 = reinterpret_cast<const sockaddr_in6&>(br.addr);
+        b.ipVersion = 6;
+        std::memcpy(b.addr, &a6.sin6_addr, 16);
+        b.port = ntohs(a6.sin6_port);
+      } else {
+        const auto& a4 = reinterpret_cast<const sockaddr_in&>(br.addr);
+        b.ipVersion = 4;
+        std::memcpy(b.addr, &a4.sin_addr, 4);
+        b.port = ntohs(a4.sin_port);
+      }
+      b.inService = !br.outOfService;
+      b.acceptsNew = br.weight > 0;  // 0 when drained, out of service or configured 0
+      maxId = std::max(maxId, b.id);
+      s.backends.push_back(std::move(b));
+    }
+    s.slotById.assign(s.backends.empty() ? 0 : maxId + 1, -1);
+    std::vector<l4::MaglevBackend> mb;
+    for (size_t i = 0; i < s.backends.size(); ++i) {
+      s.slotById[s.backends[i].id] = static_cast<int32_t>(i);
+      mb.push_back({s.backends[i].key, s.backends[i].acceptsNew ? pool->backends[i].weight : 0u});
+    }
+    s.maglev = l4::buildMaglevTable(mb, tableSize);
+    t->services.push_back(std::move(s));
+  }
+  t->buildIndex();
 }
 
 }  // namespace
@@ -237,6 +362,7 @@ std::unique_ptr<const Snapshot> buildSnapshot(const Config& config, uint64_t ver
     g.deny.seal();
     snap->listenerGeo.push_back(std::move(g));
   }
+  buildL4(config, inputs, *snap, &snap->l4);
   // Specific host before any-host; within each, longest prefix first; ties
   // keep document order.
   std::stable_sort(snap->routes.begin(), snap->routes.end(),

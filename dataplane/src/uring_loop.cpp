@@ -4,6 +4,7 @@
 // the kernel has them (falls back to COOP_TASKRUN, then plain). Received data
 // lands in one provided-buffer ring per loop; buffers are reference counted
 // so that body bytes can be forwarded straight from the receive buffer.
+#include <fcntl.h>
 #include <liburing.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -213,6 +214,41 @@ void Loop::readEventFd(int fd, uint64_t* value, Completion* c) {
   io_uring_sqe* s = impl_->sqe();
   io_uring_prep_read(s, fd, value, sizeof(*value), 0);
   io_uring_sqe_set_data(s, c);
+}
+
+void Loop::pollOnce(int fd, uint32_t events, Completion* c) {
+  io_uring_sqe* s = impl_->sqe();
+  io_uring_prep_poll_add(s, fd, events);
+  io_uring_sqe_set_data(s, c);
+}
+
+void Loop::splice(int fdIn, int fdOut, uint32_t len, Completion* c) {
+  io_uring_sqe* s = impl_->sqe();
+  io_uring_prep_splice(s, fdIn, -1, fdOut, -1, len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+  io_uring_sqe_set_data(s, c);
+}
+
+void Loop::recvMsgMultishot(int fd, const msghdr* msg, Completion* c) {
+  io_uring_sqe* s = impl_->sqe();
+  // The kernel only reads the template; liburing's prototype is not const.
+  io_uring_prep_recvmsg_multishot(s, fd, const_cast<msghdr*>(msg), 0);
+  s->flags |= IOSQE_BUFFER_SELECT;
+  s->buf_group = kBufferGroup;
+  io_uring_sqe_set_data(s, c);
+}
+
+bool Loop::parseRecvMsg(const msghdr* msg, const IoEvent& ev, RecvMsgView& out) const {
+  if (ev.bufferId < 0 || ev.res < 0) return false;
+  char* buf = bufferData(ev.bufferId);
+  auto* m = const_cast<msghdr*>(msg);
+  io_uring_recvmsg_out* o = io_uring_recvmsg_validate(buf, ev.res, m);
+  if (o == nullptr) return false;
+  out.name = static_cast<const sockaddr*>(io_uring_recvmsg_name(o));
+  out.nameLen = o->namelen < msg->msg_namelen ? o->namelen : msg->msg_namelen;
+  out.payload = static_cast<char*>(io_uring_recvmsg_payload(o, m));
+  out.payloadLen = io_uring_recvmsg_payload_length(o, ev.res, m);
+  out.truncated = (o->flags & MSG_TRUNC) != 0 || o->namelen > msg->msg_namelen;
+  return true;
 }
 
 char* Loop::bufferData(int32_t bufferId) const {

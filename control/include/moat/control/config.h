@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "moat/l4/service.h"
+
 namespace moat::control {
 
 enum class ListenerProtocol : uint8_t { kHttp, kHttps };
@@ -255,6 +257,83 @@ struct GeoConfig {
   bool operator==(const GeoConfig&) const = default;
 };
 
+// ---- L4: packet-level load balancing (docs/L4.md) ----------------------
+
+enum class L4Engine : uint8_t { kUring, kDpdk };
+using L4Protocol = l4::Protocol;
+using L4Forwarding = l4::Forwarding;
+using L4BackendDown = l4::BackendDown;
+
+// One virtual service: traffic for (address, protocol, port) goes to a
+// backend of `pool` chosen by Maglev on the client's 5-tuple.
+struct L4ServiceConfig {
+  std::string name;     // unique; default "tcp/10.0.0.1:80" ("tcp/[v6]:80")
+  std::string address;  // the VIP (IPv4 or IPv6 literal)
+  uint16_t port = 0;
+  L4Protocol protocol = L4Protocol::kTcp;
+  std::string pool;     // a pools[] name; the pool's backends, weights and health
+  L4Forwarding forwarding = L4Forwarding::kIpip;
+  uint16_t guePort = 6080;  // gue: UDP destination port on the backend
+  L4BackendDown onBackendDown = L4BackendDown::kReset;
+  bool operator==(const L4ServiceConfig&) const = default;
+};
+
+struct L4FlowConfig {
+  uint32_t maxPerWorker = 1048576;  // connection table entries per worker (restart-only)
+  uint32_t synTimeoutS = 5;          // only a SYN seen
+  uint32_t establishedTimeoutS = 300;
+  uint32_t closingTimeoutS = 10;     // after FIN or RST
+  uint32_t udpTimeoutS = 30;
+  bool operator==(const L4FlowConfig&) const = default;
+};
+
+struct L4SynLimitConfig {
+  uint32_t perSecond = 0;  // new connections per second per source; 0 = off
+  uint32_t burst = 0;      // 0 = perSecond
+  bool operator==(const L4SynLimitConfig&) const = default;
+};
+
+struct L4NeighborConfig {
+  std::string address;  // next hop (a backend) IPv4 or IPv6
+  std::string mac;      // "02:00:00:00:00:01"
+  bool operator==(const L4NeighborConfig&) const = default;
+};
+
+// The DPDK engine (restart-only: EAL and ports are set up once).
+struct DpdkConfig {
+  std::vector<uint32_t> lcores{1};  // worker lcores: one RX/TX queue pair each
+  uint32_t mainLcore = 0;           // runs moatd's control thread
+  bool noHuge = false;              // --no-huge (tests, VMs without hugepages)
+  uint32_t memoryMb = 0;            // -m; 0 = EAL default (with noHuge: 256)
+  std::string port;                 // PCI address "0000:3b:00.0" or a vdev "net_af_packet0,iface=eth1"
+  std::vector<std::string> eal;     // more EAL arguments, passed as they are
+  // Exception path: frames that are not for an L4 VIP go to the kernel
+  // through a TAP interface of this name (L7 VIPs, ssh, ...). "" = dropped
+  // (counted).
+  std::string exceptionTap = "moat0";
+  uint32_t rxDescriptors = 1024;
+  uint32_t txDescriptors = 1024;
+  uint32_t mbufsPerLcore = 8192;
+  uint32_t burst = 32;      // RX burst size (1..256)
+  uint32_t txDrainUs = 100; // a partial TX batch waits at most this long
+  bool operator==(const DpdkConfig&) const = default;
+};
+
+struct L4Config {
+  L4Engine engine = L4Engine::kUring;  // restart-only
+  std::string localIpv4;  // the balancer's own address: outer source, ARP, ICMP
+  std::string localIpv6;  // same for IPv6 ("" = no IPv6 encapsulation)
+  uint32_t mtu = 1500;    // of the backend-side link: bigger encapsulated packets get ICMP
+  std::vector<L4ServiceConfig> services;
+  std::vector<std::string> denyCidrs;  // dropped before any state is made
+  std::vector<std::string> geoDeny;    // countries (needs geo.sources), dropped likewise
+  L4SynLimitConfig synLimit;
+  L4FlowConfig flows;
+  std::vector<L4NeighborConfig> neighbors;  // static next-hop MACs; others learned (ARP/NDP)
+  DpdkConfig dpdk;
+  bool operator==(const L4Config&) const = default;
+};
+
 struct Config {
   uint32_t workers = 0;  // 0 = one per online CPU
   std::vector<ListenerConfig> listeners;
@@ -266,6 +345,7 @@ struct Config {
   RateLimitConfig rateLimit;
   WafConfig waf;
   GeoConfig geo;
+  L4Config l4;
   bool operator==(const Config&) const = default;
 };
 
@@ -300,5 +380,9 @@ const char* toString(LogLevel l);
 const char* toString(RateLimitAlgorithm a);
 const char* toString(HealthCheckType t);
 const char* toString(GeoSourceType t);
+const char* toString(L4Engine e);
+const char* toString(L4Protocol p);
+const char* toString(L4Forwarding f);
+const char* toString(L4BackendDown d);
 
 }  // namespace moat::control

@@ -22,6 +22,7 @@
 
 #include "moat/control/config.h"
 #include "moat/l4/cidr.h"
+#include "moat/l4/service.h"
 #include "moat/ratelimit/rules.h"
 
 namespace moat::waf {
@@ -63,6 +64,10 @@ struct SnapshotInputs {
   // listing it); null = none. Asked only for pools with outlier detection.
   std::function<PassiveHealth*(const std::string&)> passiveSlot;
   std::shared_ptr<const GeoDb> geo;
+  // The packet engine's LPM tables for l4 deny prefixes; null = none (the
+  // CidrSets in l4::Tables answer instead).
+  std::function<std::shared_ptr<const l4::PrefixLookup>(const std::vector<l4::DenyPrefix>&)>
+      makeDenyLookup;
 };
 
 // Fills `out` from an IPv4 or IPv6 literal (as validated by parseConfig) and
@@ -73,6 +78,11 @@ bool toSocketAddress(const std::string& address, uint16_t port, sockaddr_storage
 // A backend's identity across snapshots, health checks, counters and the
 // admin API: "10.0.0.1:80", "[fd00::1]:80" (the address as configured).
 std::string backendKey(const BackendConfig& b);
+
+// A small number that names a backend key for the life of the process (ids
+// are never reused), so per-worker flow tables can remember a flow's backend
+// across snapshots. Control side: takes a lock, allocates.
+uint32_t stableBackendId(const std::string& key);
 
 struct BackendRuntime {
   std::string key;  // "127.0.0.1:8081" / "[::1]:8081": identity across snapshots
@@ -129,6 +139,8 @@ struct Snapshot {
   // Country data (null without geo.sources) and each listener's policy.
   std::shared_ptr<const GeoDb> geo;
   std::vector<ListenerGeoRuntime> listenerGeo;
+  // L4 services (both engines).
+  l4::Tables l4;
 
   // Route for a request. `host` may carry a port and any case; no
   // allocation. Returns null when nothing matches.

@@ -31,6 +31,16 @@ struct Completion {
   void* owner = nullptr;
 };
 
+// The parts of one datagram received by recvMsgMultishot, located inside
+// its provided buffer (pointers valid until the buffer is released).
+struct RecvMsgView {
+  const sockaddr* name = nullptr;  // sender address
+  socklen_t nameLen = 0;
+  char* payload = nullptr;
+  uint32_t payloadLen = 0;
+  bool truncated = false;  // the datagram or its address did not fit: drop it
+};
+
 struct LoopOptions {
   uint32_t ringEntries = 4096;   // submission queue size
   uint32_t bufferCount = 4096;   // provided receive buffers (power of two)
@@ -84,6 +94,26 @@ class Loop {
   void cancel(Completion* target, Completion* c);
   // Arms one read of 8 bytes on an eventfd (used to wake the loop).
   void readEventFd(int fd, uint64_t* value, Completion* c);
+
+  // One-shot poll: completes once fd is ready for `events` (POLLIN,
+  // POLLOUT; errors and hang-ups always wake it); res = the ready mask.
+  void pollOnce(int fd, uint32_t events, Completion* c);
+  // Moves up to len bytes from fdIn to fdOut inside the kernel (one of them
+  // must be a pipe): zero copy for socket -> pipe -> socket. Always
+  // non-blocking (SPLICE_F_NONBLOCK | SPLICE_F_MOVE; sockets must be
+  // O_NONBLOCK): res = bytes moved, 0 = end of file on fdIn, -EAGAIN when
+  // nothing could move (poll, then retry). The kernel runs every splice on
+  // an io-wq thread: one thread hop per call, never a blocked thread.
+  void splice(int fdIn, int fdOut, uint32_t len, Completion* c);
+  // Multishot recvmsg into provided buffers, for datagram sockets: one
+  // completion per datagram, sender address included. `msg` is a template
+  // (only msg_namelen and msg_controllen are used) that must live until the
+  // final completion. Locate the parts with parseRecvMsg; release the buffer
+  // as for recvMultishot.
+  void recvMsgMultishot(int fd, const msghdr* msg, Completion* c);
+  // Splits a recvMsgMultishot completion's buffer. False when the event
+  // carries no valid datagram (no buffer, or too short). O(1).
+  bool parseRecvMsg(const msghdr* msg, const IoEvent& ev, RecvMsgView& out) const;
 
   // Takes a free local buffer (one holder) for the owner to fill; it goes
   // back to the local pool, not the kernel, on its last release. Returns -1
