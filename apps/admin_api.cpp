@@ -1,5 +1,7 @@
 #include "admin_api.h"
 
+#include "l4_engines.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <strings.h>
@@ -109,6 +111,36 @@ std::vector<std::string> splitPath(const std::string& path) {
 }
 
 }  // namespace
+
+nlohmann::json AdminApi::l4Status() const {
+  const control::L4Config& c = app_.config().l4;
+  json j = {{"engine", control::toString(c.engine)}, {"services", json::array()}};
+  for (const auto& s : c.services) {
+    j["services"].push_back({{"name", s.name}, {"address", s.address}, {"port", s.port},
+                             {"protocol", control::toString(s.protocol)}, {"pool", s.pool},
+                             {"forwarding", control::toString(s.forwarding)}});
+  }
+  if (app_.packetEngine) {
+    const dataplane::PortInfo pi = app_.packetEngine->portInfo();
+    j["port"] = {{"device", c.dpdk.port}, {"driver", pi.driver}, {"mac", pi.mac}, {"linkUp", pi.linkUp},
+                 {"speedMbps", pi.linkSpeedMbps}, {"queues", pi.queues}, {"rss", pi.rss},
+                 {"offloads", pi.offloads}, {"software", pi.softwareFallbacks},
+                 {"exceptionTap", pi.exceptionTap ? c.dpdk.exceptionTap : ""}};
+    const l4::ProcessorReport r = l4PacketReport(app_);
+    json counters = json::object();
+    r.counters.forEach([&](const char* name, uint64_t v) { counters[name] = v; });
+    j["counters"] = counters;
+    j["flows"] = {{"size", r.flows.size}, {"capacity", r.flows.capacity}, {"evicted", r.flows.evicted},
+                  {"expired", r.flows.expired}};
+  } else if (!app_.sockWorkers.empty()) {
+    l4::SockCounters sc;
+    for (const auto& w : app_.sockWorkers) sc += w->report().counters;
+    json counters = json::object();
+    sc.forEach([&](const char* name, uint64_t v) { counters[name] = v; });
+    j["counters"] = counters;
+  }
+  return j;
+}
 
 std::string AdminApi::metrics() {
   l7::WorkerReport r = sumReports(app_.workers);
@@ -220,6 +252,58 @@ std::string AdminApi::metrics() {
   sample("moat_geo_ranges", "", app_.geo() != nullptr && app_.geo()->db() ? app_.geo()->db()->entries() : 0);
   family("moat_geo_load_errors_total", "counter", "Geo source loads that failed (previous data kept).");
   sample("moat_geo_load_errors_total", "", app_.geo() != nullptr ? app_.geo()->loadErrors() : 0);
+  // L4: the packet engine (per-lcore processors, engine, port) or the
+  // socket twin, whichever runs.
+  if (app_.packetEngine) {
+    const l4::ProcessorReport l4r = l4PacketReport(app_);
+    l4r.counters.forEach([&](const char* name, uint64_t v) {
+      const std::string n = std::string("moat_l4_") + name + "_total";
+      family(n.c_str(), "counter", "L4 packet processor (sum over lcores); see l4/include/moat/l4/processor.h.");
+      sample(n, "", v);
+    });
+    family("moat_l4_parse_errors_by_reason_total", "counter", "Malformed frames dropped, by reason.");
+    for (size_t i = 0; i < l4r.counters.parse.size(); ++i) {
+      if (i == 0) continue;
+      sample("moat_l4_parse_errors_by_reason_total",
+             std::string("reason=\"") + l4::toString(static_cast<l4::ParseStatus>(i)) + "\"", l4r.counters.parse[i]);
+    }
+    family("moat_l4_flows", "gauge", "Connection-table entries in use (sum over lcores).");
+    sample("moat_l4_flows", "", l4r.flows.size);
+    family("moat_l4_flows_capacity", "gauge", "Connection-table entries (sum over lcores).");
+    sample("moat_l4_flows_capacity", "", l4r.flows.capacity);
+    family("moat_l4_flows_evicted_total", "counter", "Live flows evicted because a table was full.");
+    sample("moat_l4_flows_evicted_total", "", l4r.flows.evicted);
+    family("moat_l4_flows_expired_total", "counter", "Flows expired at their idle timeout.");
+    sample("moat_l4_flows_expired_total", "", l4r.flows.expired);
+    dataplane::PacketEngineCounters ec;
+    for (uint32_t i = 0; i < app_.packetEngine->workers(); ++i) ec += app_.packetEngine->counters(i);
+    ec.forEach([&](const char* name, uint64_t v) {
+      const std::string n = std::string("moat_dpdk_") + name + "_total";
+      family(n.c_str(), "counter", "DPDK engine (sum over lcores); see dataplane/include/moat/dataplane/packet_engine.h.");
+      sample(n, "", v);
+    });
+    const dataplane::PortInfo pi = app_.packetEngine->portInfo();
+    family("moat_dpdk_link_up", "gauge", "Data port link state (1 up).");
+    sample("moat_dpdk_link_up", "", pi.linkUp ? 1 : 0);
+    family("moat_dpdk_rx_missed_total", "counter", "Frames the NIC dropped for lack of RX descriptors.");
+    sample("moat_dpdk_rx_missed_total", "", pi.imissed);
+  }
+  if (!app_.sockWorkers.empty()) {
+    l4::SockCounters sc;
+    std::map<std::string, l4::BackendFlowCounters> byBackend;
+    for (const auto& w : app_.sockWorkers) {
+      l4::SockReport r4 = w->report();
+      sc += r4.counters;
+      for (const auto& [k, v] : r4.backends) byBackend[k] += v;
+    }
+    sc.forEach([&](const char* name, uint64_t v) {
+      const std::string n = std::string("moat_l4_sock_") + name + "_total";
+      family(n.c_str(), "counter", "L4 socket proxy (sum over workers); see l4/include/moat/l4/sock_proxy.h.");
+      sample(n, "", v);
+    });
+    family("moat_l4_sock_backend_flows_total", "counter", "Flows given to each backend by the L4 socket proxy.");
+    for (const auto& [k, v] : byBackend) sample("moat_l4_sock_backend_flows_total", "backend=\"" + esc(k) + "\"", v.flows);
+  }
   family("moat_admin_unauthorized_total", "counter", "Admin API requests refused for a missing or wrong token.");
   sample("moat_admin_unauthorized_total", "", unauthorized_);
   if (app_.rateTable) {
@@ -338,7 +422,8 @@ AdminApi::AdminApi(Appliance& app, std::string token) : app_(app), token_(std::m
                            {"workers", app_.workerCount()},
                            {"listeners", listeners},
                            {"pools", pools},
-                           {"geo", geo}});
+                           {"geo", geo},
+                           {"l4", l4Status()}});
   });
   add("GET", "/api/v1/config", [=, this](const AdminRequest&, const Params&) {
     AdminResponse r;

@@ -14,6 +14,7 @@
 
 #include "appliance.h"
 #include "moat/control/admin_server.h"
+#include <nlohmann/json.hpp>
 
 namespace moat::app {
 
@@ -29,6 +30,8 @@ class AdminApi {
 
   // Prometheus text exposition of every counter (also used by tests).
   std::string metrics();
+  // The "l4" object of GET /status: engine, services, port and counters.
+  nlohmann::json l4Status() const;
 
   uint64_t unauthorized() const { return unauthorized_; }
 

@@ -22,7 +22,7 @@ PKGS=(
   # rule set the WAF loads from its own files
   modsecurity-crs
   # tests and side-by-side benchmarks
-  python3 python3-yaml curl haproxy nginx-light wrk iproute2 procps
+  python3 python3-yaml curl haproxy nginx-light wrk iproute2 procps ethtool
   # TLS tests: an external scanner checks the listener (tests/integration/test_tls.py)
   sslscan ca-certificates
   # ModSecurity v3 for the WAF comparison harness (bench/waf/modsec_eval.cpp)

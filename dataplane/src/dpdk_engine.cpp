@@ -10,8 +10,8 @@
 //   control ring drained, counters published every ~100 ms
 //
 // The EAL is initialised once per process (create() or initEalForTests())
-// with --in-memory, so nothing is left under /var/run/dpdk and several
-// processes may run side by side (tests).
+// with --in-memory (--no-shconf with --no-huge), so nothing is left under
+// /var/run/dpdk and several processes may run side by side (tests).
 #include <rte_common.h>
 #include <rte_cycles.h>
 #include <rte_eal.h>
@@ -103,7 +103,7 @@ bool ealReady() { return gEalReady.load(); }
 
 bool initEalForTests(std::string& err) {
   if (gEalReady.load()) return true;
-  return initEal({"moat-test", "-l", "0", "--no-huge", "-m", "128", "--no-pci", "--in-memory",
+  return initEal({"moat-test", "-l", "0", "--no-huge", "-m", "128", "--no-pci", "--no-shconf",
                   "--log-level=*:error"},
                  err);
 }
@@ -413,8 +413,15 @@ std::unique_ptr<PacketEngine> PacketEngine::create(
   std::string lcoreList = std::to_string(o.mainLcore);
   for (uint32_t l : o.lcores) lcoreList += "," + std::to_string(l);
   std::vector<std::string> args{o.programName, "-l", lcoreList, "--main-lcore",
-                                std::to_string(o.mainLcore), "--in-memory", "--log-level=*:warning"};
-  if (o.noHuge) args.push_back("--no-huge");
+                                std::to_string(o.mainLcore), "--log-level=*:warning"};
+  // No runtime files: --in-memory with hugepages; --no-huge implies legacy
+  // memory, which --in-memory refuses, so there --no-shconf does the job.
+  if (o.noHuge) {
+    args.push_back("--no-huge");
+    args.push_back("--no-shconf");
+  } else {
+    args.push_back("--in-memory");
+  }
   if (o.memoryMb != 0 || o.noHuge) {
     args.push_back("-m");
     args.push_back(std::to_string(o.memoryMb != 0 ? o.memoryMb : 256));
