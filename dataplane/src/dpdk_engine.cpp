@@ -46,6 +46,8 @@ namespace {
 
 std::atomic<bool> gEalReady{false};
 std::mutex gEalMu;
+// rte_eal_init keeps pointers into argv for the life of the process.
+std::vector<std::string>* gEalArgs = nullptr;
 
 constexpr uint32_t kMaxBurst = 256;
 constexpr uint32_t kTxBufferSize = 512;
@@ -79,16 +81,13 @@ bool initEal(std::vector<std::string> args, std::string& err) {
     err = "the EAL is already initialised in this process (one packet engine per process)";
     return false;
   }
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
+  // rte_eal_init may permute argv and keeps pointers into the strings:
+  // they live in a process-wide holder (once per process).
+  gEalArgs = new std::vector<std::string>(std::move(args));
+  static std::vector<char*> argv;
+  for (std::string& a : *gEalArgs) argv.push_back(a.data());
   argv.push_back(nullptr);
-  // rte_eal_init may permute argv; it keeps pointers into our strings,
-  // which must outlive the EAL: leak them deliberately (once per process).
-  auto* keep = new std::vector<std::string>(std::move(args));
-  argv.clear();
-  for (std::string& a : *keep) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const int rc = rte_eal_init(static_cast<int>(keep->size()), argv.data());
+  const int rc = rte_eal_init(static_cast<int>(gEalArgs->size()), argv.data());
   if (rc < 0) {
     err = "rte_eal_init: " + std::string(rte_strerror(rte_errno));
     return false;

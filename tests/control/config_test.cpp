@@ -824,7 +824,21 @@ constexpr const char* kEverything = R"({
     {"type": "zones", "path": "/geo/zones"},
     {"type": "maxmind_csv", "blocksIpv4": "/geo/b4.csv", "blocksIpv6": "/geo/b6.csv",
      "locations": "/geo/loc.csv"},
-    {"type": "mmdb", "path": "/geo/c.mmdb"}]}
+    {"type": "mmdb", "path": "/geo/c.mmdb"}]},
+  "l4": {"engine": "dpdk", "localIpv4": "10.9.0.1", "localIpv6": "fd00:9::1", "mtu": 9000,
+         "services": [{"name": "web", "address": "10.9.0.100", "port": 80, "protocol": "tcp",
+                       "pool": "web", "forwarding": "gue", "guePort": 7000, "onBackendDown": "drop"},
+                      {"address": "fd00:9::100", "port": 53, "protocol": "udp", "pool": "tcp",
+                       "forwarding": "dsr"}],
+         "denyCidrs": ["198.51.100.0/24"], "geoDeny": ["cn"],
+         "synLimit": {"perSecond": 100, "burst": 300},
+         "flows": {"maxPerWorker": 4096, "synTimeoutS": 3, "establishedTimeoutS": 60,
+                   "closingTimeoutS": 5, "udpTimeoutS": 20},
+         "neighbors": [{"address": "10.9.0.11", "mac": "02:00:00:00:00:0b"}],
+         "dpdk": {"lcores": [2, 3], "mainLcore": 1, "noHuge": true, "memoryMb": 512,
+                  "port": "0000:3b:00.0", "eal": ["--log-level=*:info"], "exceptionTap": "",
+                  "rxDescriptors": 2048, "txDescriptors": 512, "mbufsPerLcore": 4096,
+                  "burst": 64, "txDrainUs": 50}}
 })";
 
 void expectRoundTrip(const Config& c) {
@@ -880,6 +894,12 @@ TEST(ConfigJson, EveryFieldRoundTrips) {
   EXPECT_EQ(c.rateLimit.rules[1].keyName, "Session");
   EXPECT_EQ(c.waf.excludeTargets.size(), 2u);
   EXPECT_EQ(c.geo.sources.size(), 3u);
+  EXPECT_EQ(c.l4.engine, L4Engine::kDpdk);
+  ASSERT_EQ(c.l4.services.size(), 2u);
+  EXPECT_EQ(c.l4.services[1].name, "udp/[fd00:9::100]:53");
+  EXPECT_EQ(c.l4.services[0].forwarding, L4Forwarding::kGue);
+  EXPECT_EQ(c.l4.geoDeny, (std::vector<std::string>{"CN"}));
+  EXPECT_NE(c.l4.dpdk, DpdkConfig{});
 
   expectRoundTrip(c);
 }
@@ -1063,6 +1083,69 @@ TEST(ConfigNames, ToString) {
   EXPECT_STREQ(toString(GeoSourceType::kMaxmindCsv), "maxmind_csv");
   EXPECT_STREQ(toString(GeoSourceType::kMmdb), "mmdb");
   EXPECT_EQ((ConfigError{"", "bad"}).toString(), "bad");
+}
+
+// ---- l4 -------------------------------------------------------------------------------
+
+std::string withL4(const std::string& l4) {
+  return R"({"listeners": [{"address": "127.0.0.1", "port": 8080}],
+             "pools": [{"name": "p", "backends": [{"address": "10.0.0.1", "port": 80}]}],
+             "routes": [{"pool": "p"}], "l4": )" + l4 + "}";
+}
+
+TEST(ConfigL4, DefaultsAndSocketEngine) {
+  Config c = expectValid(withL4(R"({"services": [{"address": "127.0.0.1", "port": 9000, "pool": "p"}]})"));
+  EXPECT_EQ(c.l4.engine, L4Engine::kUring);
+  ASSERT_EQ(c.l4.services.size(), 1u);
+  EXPECT_EQ(c.l4.services[0].forwarding, L4Forwarding::kProxy);  // the socket engine's only mode
+  EXPECT_EQ(c.l4.services[0].name, "tcp/127.0.0.1:9000");
+  EXPECT_EQ(c.l4.services[0].onBackendDown, L4BackendDown::kReset);
+}
+
+TEST(ConfigL4, ErrorsCarryPaths) {
+  struct Case {
+    const char* l4;
+    const char* path;
+    const char* contains;
+  } cases[] = {
+      {R"({"engine": "xdp"})", "l4.engine", "allowed: uring, dpdk"},
+      {R"({"services": [{"address": "10.0.0.9", "port": 80, "pool": "p", "forwarding": "ipip"}]})",
+       "l4.services[0].forwarding", "needs l4.engine \"dpdk\""},
+      {R"({"engine": "dpdk", "localIpv4": "10.0.0.1", "dpdk": {"port": "net_null0"},
+           "services": [{"address": "10.0.0.9", "port": 80, "pool": "p", "forwarding": "proxy"}]})",
+       "l4.services[0].forwarding", "needs l4.engine \"uring\""},
+      {R"({"engine": "dpdk", "dpdk": {"port": "net_null0"},
+           "services": [{"address": "10.0.0.9", "port": 80, "pool": "p"}]})",
+       "l4.localIpv4", "own address"},
+      {R"({"engine": "dpdk", "localIpv4": "10.0.0.1"})", "l4.dpdk.port", "needs a port"},
+      {R"({"services": [{"address": "10.0.0.9", "port": 80, "pool": "nope"}]})", "l4.services[0].pool",
+       "no pool named"},
+      {R"({"services": [{"address": "10.0.0.9", "port": 80, "pool": "p"},
+                        {"address": "10.0.0.9", "port": 80, "pool": "p"}]})",
+       "l4.services[1]", "same address, protocol and port"},
+      {R"({"services": [{"port": 80, "pool": "p"}]})", "l4.services[0].address", "missing"},
+      {R"({"localIpv4": "fd00::1"})", "l4.localIpv4", "must be an IPv4 address"},
+      {R"({"neighbors": [{"address": "10.0.0.2", "mac": "02:00:00:00:00"}]})", "l4.neighbors[0].mac",
+       "not a MAC address"},
+      {R"({"geoDeny": ["DE"]})", "l4.geoDeny", "needs geo.sources"},
+      {R"({"geoDeny": ["Germany"]})", "l4.geoDeny[0]", "ISO 3166-1"},
+      {R"({"denyCidrs": ["10.0.0.1/8"]})", "l4.denyCidrs[0]", ""},
+      {R"({"dpdk": {"lcores": [0]}})", "l4.dpdk.lcores[0]", "main lcore"},
+      {R"({"dpdk": {"burst": 0}})", "l4.dpdk.burst", "1..256"},
+      {R"({"flows": {"maxPerWorker": 10}})", "l4.flows.maxPerWorker", "1024.."},
+      {R"({"mtu": 100})", "l4.mtu", "576..9000"},
+      {R"({"bogus": 1})", "l4.bogus", "unknown field"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.l4);
+    ConfigResult r = parseConfig(withL4(k.l4));
+    ASSERT_FALSE(r.errors.empty());
+    bool found = false;
+    for (const ConfigError& e : r.errors) {
+      found = found || (e.path == k.path && e.message.find(k.contains) != std::string::npos);
+    }
+    EXPECT_TRUE(found) << dump(r);
+  }
 }
 
 }  // namespace
