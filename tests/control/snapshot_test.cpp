@@ -78,6 +78,56 @@ TEST(Snapshot, MaglevTableAndAddresses) {
   EXPECT_TRUE(s->pools[0].maglevTable.empty());
 }
 
+Config l4Config() {
+  ConfigResult r = parseConfig(R"({
+    "listeners": [{"address": "127.0.0.1", "port": 8080}],
+    "pools": [{"name": "p", "backends": [{"address": "10.0.0.1", "port": 80},
+                                          {"address": "10.0.0.2", "port": 80},
+                                          {"address": "10.0.0.3", "port": 80, "drain": true}]}],
+    "routes": [{"pool": "p"}],
+    "l4": {"engine": "dpdk", "localIpv4": "10.0.0.254", "dpdk": {"port": "net_null0"},
+           "denyCidrs": ["192.0.2.0/24"],
+           "services": [{"address": "10.0.0.100", "port": 80, "pool": "p", "forwarding": "ipip"}]}
+  })");
+  EXPECT_TRUE(r.errors.empty());
+  return *r.config;
+}
+
+// Health (out of service) and drain feed the L4 Maglev table: the backend
+// keeps its stable id (flows find it) but gets no new flows; out of service
+// it is also marked so its flows are reset.
+TEST(Snapshot, L4ServiceFollowsHealthAndDrain) {
+  SnapshotInputs in;
+  in.outOfService = {"p/10.0.0.2:80"};
+  auto s = buildSnapshot(l4Config(), 1, in);
+  ASSERT_EQ(s->l4.services.size(), 1u);
+  const l4::Service& svc = s->l4.services[0];
+  ASSERT_EQ(svc.backends.size(), 3u);
+  EXPECT_TRUE(svc.backends[0].inService && svc.backends[0].acceptsNew);
+  EXPECT_FALSE(svc.backends[1].inService);
+  EXPECT_FALSE(svc.backends[1].acceptsNew);
+  EXPECT_TRUE(svc.backends[2].inService);  // drained: flows stay
+  EXPECT_FALSE(svc.backends[2].acceptsNew);
+  for (uint32_t idx : svc.maglev) EXPECT_EQ(idx, 0u);  // only the healthy, undrained one
+  EXPECT_EQ(svc.backendById(svc.backends[1].id), &svc.backends[1]);
+  EXPECT_EQ(stableBackendId("10.0.0.2:80"), svc.backends[1].id);
+  // The VIP index and deny prefixes.
+  const uint8_t vip[4] = {10, 0, 0, 100};
+  EXPECT_EQ(s->l4.findService(vip, 4, 6, 80), &svc);
+  EXPECT_EQ(s->l4.findService(vip, 4, 17, 80), nullptr);
+  EXPECT_TRUE(s->l4.isVipAddress(vip, 4));
+  ASSERT_EQ(s->l4.denyPrefixes.size(), 1u);
+  EXPECT_EQ(s->l4.denyPrefixes[0].length, 24);
+  // Back in service: Maglev spreads over the two undrained backends again.
+  auto s2 = buildSnapshot(l4Config(), 2, SnapshotInputs{});
+  bool saw[2] = {false, false};
+  for (uint32_t idx : s2->l4.services[0].maglev) {
+    ASSERT_LT(idx, 2u);
+    saw[idx] = true;
+  }
+  EXPECT_TRUE(saw[0] && saw[1]);
+}
+
 TEST(SnapshotPublisher, OldSnapshotLivesUntilEveryWorkerMovedOn) {
   SnapshotPublisher pub(2);
   pub.publish(buildSnapshot(twoPoolConfig(), 1));
