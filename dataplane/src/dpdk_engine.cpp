@@ -102,7 +102,8 @@ bool ealReady() { return gEalReady.load(); }
 
 bool initEalForTests(std::string& err) {
   if (gEalReady.load()) return true;
-  return initEal({"moat-test", "-l", "0", "--no-huge", "-m", "128", "--no-pci", "--no-shconf",
+  // 512 MiB: an rte_lpm and an rte_lpm6 table take 64 MiB each up front.
+  return initEal({"moat-test", "-l", "0", "--no-huge", "-m", "512", "--no-pci", "--no-shconf",
                   "--log-level=*:error"},
                  err);
 }

@@ -36,8 +36,12 @@ std::unique_ptr<LpmTable> LpmTable::create(const std::vector<LpmPrefix>& prefixe
   auto impl = std::make_unique<Impl>();
   uint32_t n4 = 0, n6 = 0, tbl8v4 = 0, tbl8v6 = 0;
   for (const LpmPrefix& p : prefixes) {
-    if (p.value == 0 || p.value >= (1u << 24)) {
-      err = "prefix value must be 1..2^24-1";
+    // Next-hop widths: rte_lpm keeps 24 bits, rte_lpm6 only 21 (it would
+    // silently truncate a larger value).
+    const uint32_t limit = p.ipVersion == 4 ? (1u << 24) : (1u << 21);
+    if (p.value == 0 || p.value >= limit) {
+      err = p.ipVersion == 4 ? "IPv4 prefix value must be 1..2^24-1"
+                             : "IPv6 prefix value must be 1..2^21-1";
       return nullptr;
     }
     if (p.ipVersion == 4) {

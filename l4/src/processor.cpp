@@ -237,7 +237,7 @@ Verdict Processor::handleVip(Frame& f, const ParsedPacket& p, const Service& svc
     fl = flows_.insert(key, hash, now_);
     if (fl != nullptr) {
       fl->backendId = b->id;
-      fl->backendIndex = b->id;
+      fl->backendIndex = static_cast<uint32_t>(b - svc.backends.data());
       fl->serviceIndex = static_cast<uint32_t>(&svc - t_->services.data());
     }
   }

@@ -177,13 +177,15 @@ bool ealReady();
 bool initEalForTests(std::string& err);
 
 // The packet engine's deny-prefix tables on rte_lpm / rte_lpm6, built on the
-// control thread. `country` = 0 entries answer PrefixLookup-style kDenyCidr
+// control thread. Memory: DPDK's DIR-24-8 tables take 64 MiB per family up
+// front (more with long prefixes), and a config change builds the new table
+// while the old one still serves: size l4.dpdk.memoryMb for two of each. `country` = 0 entries answer PrefixLookup-style kDenyCidr
 // (1), else the country code. Needs the EAL; returns null with err otherwise.
 struct LpmPrefix {
   uint8_t addr[16];
   uint8_t ipVersion;
   uint8_t length;
-  uint32_t value;  // answered on match; non-zero
+  uint32_t value;  // answered on match: IPv4 1..2^24-1, IPv6 1..2^21-1 (rte_lpm6 keeps 21 bits)
 };
 class LpmTable {
  public:
