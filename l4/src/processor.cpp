@@ -89,7 +89,10 @@ Verdict Processor::handle(Frame& f) {
     return st == ParseStatus::kUnsupportedEthertype ? (++c_.toKernel, Verdict::kToKernel)
                                                     : Verdict::kDrop;
   }
-  if (t_ == nullptr) return Verdict::kToKernel;
+  if (t_ == nullptr) {  // no snapshot yet: the host's business
+    ++c_.toKernel;
+    return Verdict::kToKernel;
+  }
   if (p.ipVersion == 0) {  // ARP
     if (neighbors_ != nullptr) {
       uint8_t ip16[16] = {};
@@ -292,7 +295,9 @@ Verdict Processor::forward(Frame& f, const ParsedPacket& p, const Service& svc, 
     st = gue ? encapGue(f, p, e, hash) : encapIpip(f, p, e, hash);
     if (st == RewriteStatus::kOk) {
       ++(gue ? c_.encapGue : c_.encapIpip);
-      ++c_.swChecksums;  // outer IPv4 header (and IPv6 GUE UDP) checksums
+      // Outer checksums written in software: the IPv4 header, or the UDP
+      // checksum GUE needs over an IPv6 outer (IPIP over IPv6 has none).
+      if (b.ipVersion == 4 || gue) ++c_.swChecksums;
       return Verdict::kTx;
     }
     if (st == RewriteStatus::kTooBig) {

@@ -536,8 +536,10 @@ TEST_F(ProcessorTest, Ipv6VipWithIpv6AndIpv4Backends) {
     if ((b->ipVersion == 6 && seen6) || (b->ipVersion == 4 && seen4)) continue;
     (b->ipVersion == 6 ? seen6 : seen4) = true;
     const BackendSpec& spec = specOf(b->id);
-    runCase({b->ipVersion == 6 ? "v6_in_v6" : "v6_in_v4", syn, Verdict::kTx,
-             {"vip_packets", "new_flows", "encap_ipip", "sw_checksums"},
+    // An IPv6 outer header has no checksum: nothing computed in software.
+    std::vector<std::string> moved{"vip_packets", "new_flows", "encap_ipip"};
+    if (b->ipVersion == 4) moved.push_back("sw_checksums");
+    runCase({b->ipVersion == 6 ? "v6_in_v6" : "v6_in_v4", syn, Verdict::kTx, moved,
              [&](const Bytes& in, const Bytes& out) { expectIpip(out, spec, l3of(in)); }});
   }
   EXPECT_TRUE(seen6 && seen4);

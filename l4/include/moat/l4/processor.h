@@ -57,7 +57,7 @@ namespace moat::l4 {
   X(swChecksums, "sw_checksums")            /* outer checksums done in software */         \
   X(tooBigSent, "too_big_sent")             /* ICMP frag-needed / PTB to a client */       \
   X(icmpToBackend, "icmp_to_backend")       /* client ICMP errors sent to the flow's backend */ \
-  X(icmpErrorsDropped, "icmp_errors_dropped") /* ICMP errors for no known flow */          \
+  X(icmpErrorsDropped, "icmp_errors_dropped") /* ICMP errors for no service / no live backend */          \
   X(echoReplies, "echo_replies")            /* pings to a VIP answered */                  \
   X(rewriteErrors, "rewrite_errors")        /* no headroom, fragmentation needed, ... */   \
   X(badChecksumDropped, "bad_checksum_dropped") /* NIC said the IPv4 checksum is bad */   \
