@@ -816,15 +816,7 @@ class Validator {
           g->allowMode = *s == "allow";
         }
       } else if (m.key() == "countries") {
-        stringList(v, fp, &g->countries, [&](const std::string& s, const std::string& ip) {
-          auto letter = [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); };
-          if (s.size() == 2 && letter(s[0]) && letter(s[1])) return true;
-          error(ip, jsonQuote(s) + " is not an ISO 3166-1 alpha-2 country code (such as \"DE\")");
-          return false;
-        });
-        for (std::string& c : g->countries) {
-          for (char& ch : c) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-        }
+        countryList(v, fp, &g->countries);
         if (!g->countries.empty()) geoCountryRefs_.push_back(fp);
       } else if (m.key() == "allowCidrs") {
         cidrList(v, fp, &g->allowCidrs);
@@ -977,15 +969,7 @@ class Validator {
       } else if (k == "denyCidrs") {
         cidrList(v, fp, &c.denyCidrs);
       } else if (k == "geoDeny") {
-        stringList(v, fp, &c.geoDeny, [&](const std::string& s, const std::string& ip) {
-          auto letter = [](char ch) { return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z'); };
-          if (s.size() == 2 && letter(s[0]) && letter(s[1])) return true;
-          error(ip, jsonQuote(s) + " is not an ISO 3166-1 alpha-2 country code (such as \"DE\")");
-          return false;
-        });
-        for (std::string& cc : c.geoDeny) {
-          for (char& ch : cc) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-        }
+        countryList(v, fp, &c.geoDeny);
       } else if (k == "synLimit") {
         if (!object(v, fp)) continue;
         for (const auto& f : v.items()) {
@@ -1356,6 +1340,19 @@ class Validator {
       const std::string ip = indexed(path, i);
       std::optional<std::string> s = string(j[i], ip);
       if (s && check(*s, ip)) out->push_back(std::move(*s));
+    }
+  }
+
+  // ISO 3166-1 alpha-2 codes, stored uppercase.
+  void countryList(const Json& j, const std::string& path, std::vector<std::string>* out) {
+    stringList(j, path, out, [&](const std::string& s, const std::string& ip) {
+      auto letter = [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); };
+      if (s.size() == 2 && letter(s[0]) && letter(s[1])) return true;
+      error(ip, jsonQuote(s) + " is not an ISO 3166-1 alpha-2 country code (such as \"DE\")");
+      return false;
+    });
+    for (std::string& c : *out) {
+      for (char& ch : c) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
     }
   }
 
