@@ -2,7 +2,13 @@
 // reclamation of old snapshots.
 #include "moat/control/snapshot.h"
 
+#include "moat/control/geo.h"
+
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include <atomic>
 #include <thread>
@@ -126,6 +132,47 @@ TEST(Snapshot, L4ServiceFollowsHealthAndDrain) {
     saw[idx] = true;
   }
   EXPECT_TRUE(saw[0] && saw[1]);
+}
+
+// l4.geoDeny: every range of the country becomes a packet-level deny prefix
+// (LPM on the DPDK engine) and a CidrSet entry (socket engine), tagged with
+// the country so drops are counted as geo.
+TEST(Snapshot, L4GeoDenyPrefixesComeFromTheGeoData) {
+  char dir[] = "/tmp/moat-snap-geo-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  {
+    std::ofstream(std::string(dir) + "/zz.zone") << "192.0.2.0/24\n198.51.100.0/25\n2001:db8::/32\n";
+    std::ofstream(std::string(dir) + "/yy.zone") << "203.0.113.0/24\n";
+  }
+  GeoSourceConfig src;
+  src.type = GeoSourceType::kZones;
+  src.path = dir;
+  GeoLoader loader({src});
+  std::vector<std::string> errors;
+  SnapshotInputs in;
+  in.geo = loader.reload(&errors);
+  ASSERT_TRUE(errors.empty());
+  Config c = l4Config();
+  c.geo.sources = {src};
+  c.l4.geoDeny = {"ZZ"};
+  auto s = buildSnapshot(c, 1, in);
+  size_t geo = 0;
+  for (const l4::DenyPrefix& p : s->l4.denyPrefixes) {
+    if (p.country == 0) continue;
+    ++geo;
+    EXPECT_EQ(p.country, packCountry('Z', 'Z'));
+  }
+  EXPECT_EQ(geo, 3u);
+  l4::IpAddress a;
+  ASSERT_TRUE(l4::IpAddress::parse("192.0.2.77", a));
+  EXPECT_TRUE(s->l4.denyGeo.contains(a));
+  ASSERT_TRUE(l4::IpAddress::parse("198.51.100.200", a));
+  EXPECT_FALSE(s->l4.denyGeo.contains(a));  // outside the /25
+  ASSERT_TRUE(l4::IpAddress::parse("203.0.113.1", a));
+  EXPECT_FALSE(s->l4.denyGeo.contains(a));  // YY is not denied
+  ASSERT_TRUE(l4::IpAddress::parse("2001:db8::5", a));
+  EXPECT_TRUE(s->l4.denyGeo.contains(a));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(SnapshotPublisher, OldSnapshotLivesUntilEveryWorkerMovedOn) {
