@@ -285,10 +285,14 @@ int32_t Loop::acquireBuffer() {
 }
 
 int Loop::runOnce(int timeoutMs) {
+  return runOnceNs(timeoutMs <= 0 ? 0 : static_cast<uint64_t>(timeoutMs) * 1000000);
+}
+
+int Loop::runOnceNs(uint64_t timeoutNs) {
   Impl& im = *impl_;
   __kernel_timespec ts{};
-  ts.tv_sec = timeoutMs / 1000;
-  ts.tv_nsec = static_cast<long long>(timeoutMs % 1000) * 1000000;
+  ts.tv_sec = static_cast<long long>(timeoutNs / 1000000000);
+  ts.tv_nsec = static_cast<long long>(timeoutNs % 1000000000);
   io_uring_cqe* cqe = nullptr;
   ++im.stats.submitCalls;
   int rc = io_uring_submit_and_wait_timeout(&im.ring, &cqe, 1, &ts, nullptr);

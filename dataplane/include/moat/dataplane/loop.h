@@ -133,6 +133,9 @@ class Loop {
   // Submits queued operations, waits up to timeoutMs for at least one
   // completion and dispatches all that are ready. Returns completions seen.
   int runOnce(int timeoutMs);
+  // The same with a nanosecond bound, for callers that keep their own
+  // sub-millisecond timers (e.g. moat-bench's open-loop send schedule).
+  int runOnceNs(uint64_t timeoutNs);
 
   // CLOCK_MONOTONIC, refreshed once per runOnce (cheap to call).
   uint64_t nowMs() const;
