@@ -109,6 +109,9 @@ struct Worker::Impl {
   uint64_t intervalNs = 0;  // open loop: per-connection request interval
   uint64_t sourceCounter = 0;
   bool stopping = false;
+  // Time of the current loop turn (Loop::nowNs, refreshed after each wait):
+  // every completion handler reloads it first, so latency never carries the
+  // previous turn's wait.
   uint64_t now = 0;
   char plain[16384];
 
@@ -231,6 +234,7 @@ struct Worker::Impl {
 
   static void onConnect(Completion* c, const IoEvent& ev) {
     Conn& k = *static_cast<Conn*>(c->owner);
+    k.w->now = k.w->loop->nowNs();  // this turn's clock, not the previous one
     Impl& w = *k.w;
     --k.pendingOps;
     if (k.state == ConnState::kClosing) {  // cancelled by a stop or a timeout
@@ -284,6 +288,7 @@ struct Worker::Impl {
 
   static void onCancel(Completion* c, const IoEvent&) {
     Conn& k = *static_cast<Conn*>(c->owner);
+    k.w->now = k.w->loop->nowNs();  // this turn's clock, not the previous one
     --k.pendingOps;
     k.w->maybeFinishClose(k);
   }
@@ -403,6 +408,7 @@ struct Worker::Impl {
 
   static void onSend(Completion* c, const IoEvent& ev) {
     Conn& k = *static_cast<Conn*>(c->owner);
+    k.w->now = k.w->loop->nowNs();  // this turn's clock, not the previous one
     Impl& w = *k.w;
     --k.pendingOps;
     k.sendBusy = false;
@@ -424,6 +430,7 @@ struct Worker::Impl {
 
   static void onRecv(Completion* c, const IoEvent& ev) {
     Conn& k = *static_cast<Conn*>(c->owner);
+    k.w->now = k.w->loop->nowNs();  // this turn's clock, not the previous one
     Impl& w = *k.w;
     if (!ev.more) {
       --k.pendingOps;
