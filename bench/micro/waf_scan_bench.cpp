@@ -10,11 +10,8 @@
 //    header parsing, transformations, every group scan, the rule logic).
 // Single thread: a worker owns its scratch and its Transaction.
 //
-// Pattern groups are internal to the engine (EngineImpl, engine.cpp), so the
-// group benchmarks rebuild one group from the public rule loader (rules.h)
-// and PatternSet (patterns.h), keyed as engine.cpp's groupKey() keys them:
-// the group holding a given rule's pattern. Pattern ids differ from the
-// engine's (the engine's configuration adds a preamble), not the patterns.
+// The groups are the engine's own (Engine::patternGroupOf): the database
+// holding a given rule's pattern, as a transaction scans it.
 //
 // Cold start compiles Hyperscan databases (the full CRS: ~10 s on one core).
 // They are cached in $MOAT_MICRO_WAF_CACHE, default
@@ -80,158 +77,63 @@ std::string crsMissing() {
   return {};
 }
 
-// The CRS as the engine loads it: the setup first, then the rule files in
-// sorted order. Loaded once; nullopt + `error` on failure.
-struct LoadedCrs {
-  std::optional<RuleSet> rules;
+struct LoadedEngine {
+  std::shared_ptr<const Engine> engine;
   std::string error;
 };
-const LoadedCrs& crsRules() {
-  static const LoadedCrs crs = [] {
-    LoadedCrs out;
+
+// The full CRS at paranoia 1, as moatd compiles it (appliance.cpp), once.
+const LoadedEngine& crsEngine() {
+  static const LoadedEngine e = [] {
+    LoadedEngine out;
     out.error = crsMissing();
     if (!out.error.empty()) return out;
-    std::vector<std::string> files{kCrsSetup};
-    std::vector<std::string> confs;
-    for (const auto& e : std::filesystem::directory_iterator(kCrsRules)) {
-      if (e.path().extension() == ".conf") confs.push_back(e.path().string());
-    }
-    std::sort(confs.begin(), confs.end());
-    files.insert(files.end(), confs.begin(), confs.end());
-    std::vector<LoadError> errors;
-    out.rules = loadRuleFiles(files, &errors);
-    if (!out.rules) {
-      out.error = "loading the CRS failed";
-      if (!errors.empty()) {
-        out.error +=
-            ": " + errors[0].file + ":" + std::to_string(errors[0].line) + ": " + errors[0].message;
-      }
+    EngineOptions opt;
+    opt.ruleFiles = {kCrsSetup, kCrsRules};
+    opt.preamble = crsPreamble(kParanoia, 0, 0);
+    opt.cacheDir = cacheDir();
+    std::vector<std::string> errors;
+    out.engine = Engine::compile(opt, &errors, nullptr, nullptr);
+    if (!out.engine) {
+      out.error = "CRS engine does not compile: " + (errors.empty() ? "" : errors[0]);
     }
     return out;
   }();
-  return crs;
-}
-
-bool isPatternLink(const RuleLink& link) {
-  switch (link.op.kind) {
-    case OperatorKind::kRx: return !link.op.expandable.hasMacros();  // macros: per transaction
-    case OperatorKind::kPm:
-    case OperatorKind::kPmFromFile: return true;
-    default: return false;
-  }
-}
-
-// The link's transformation chain, as the engine resolves it: the default
-// action's first (first link only, unless t:none reset them), t:none dropped.
-std::vector<Transform> chainOf(const RuleSet& set, const Rule& rule, const RuleLink& link) {
-  std::vector<std::string> names;
-  if (!link.transformationsReset && rule.defaultActionIndex >= 0 && &link == &rule.links.front()) {
-    names = set.defaultActions[static_cast<size_t>(rule.defaultActionIndex)].transformations;
-  }
-  names.insert(names.end(), link.transformations.begin(), link.transformations.end());
-  std::vector<Transform> chain;
-  for (const auto& n : names) {
-    const std::optional<Transform> t = transformFromName(n);
-    if (t && *t != Transform::kNone) chain.push_back(*t);
-  }
-  return chain;
-}
-
-// What decides a link's group in engine.cpp (groupKey): chain, phase,
-// paranoia band, the sorted distinct non-excluded targets.
-std::string groupKeyOf(const RuleSet& set, const Rule& rule, const RuleLink& link) {
-  std::string key;
-  for (Transform t : chainOf(set, rule, link)) key += std::to_string(static_cast<int>(t)) + ",";
-  key += "#" + std::to_string(static_cast<int>(rule.phase));
-  bool aboveOne = false;
-  constexpr std::string_view kTag = "paranoia-level/";
-  for (const auto& tag : rule.tags) {
-    const std::string_view v = tag.text;
-    if (v.size() == kTag.size() + 1 && v.substr(0, kTag.size()) == kTag) {
-      aboveOne = v.back() > '1';
-      break;
-    }
-  }
-  key += aboveOne ? "#pl2+" : "#pl1";
-  std::vector<std::string> vars;
-  for (const Variable& v : link.variables) {
-    if (v.exclude) continue;
-    vars.push_back(std::to_string(static_cast<int>(v.name)) + ":" +
-                   std::to_string(static_cast<int>(v.selectorKind)) + ":" + (v.count ? "&" : "") +
-                   v.selector);
-  }
-  std::sort(vars.begin(), vars.end());
-  vars.erase(std::unique(vars.begin(), vars.end()), vars.end());
-  for (const auto& v : vars) key += "#" + v;
-  return key;
+  return e;
 }
 
 struct Group {
   std::shared_ptr<const PatternSet> set;
   std::vector<Transform> chain;
-  std::string label;  // "942140: 16 patterns (14 exact, 2 prefilter)"
+  std::string label;  // "942140: 16 patterns (14 exact, 2 prefilter, ...)"
   std::string error;
 };
 
-// The pattern group holding rule `ruleId`'s first pattern link, compiled
-// once per process (Hyperscan compile or cache load: control-plane cost,
-// outside any timing).
+// The engine's own pattern group holding rule `ruleId`'s first pattern
+// link (Engine::patternGroupOf), looked up once per process.
 const Group& groupOf(uint32_t ruleId) {
   static std::map<uint32_t, Group> groups;
   auto [it, inserted] = groups.try_emplace(ruleId);
   Group& g = it->second;
   if (!inserted) return g;
-  const LoadedCrs& crs = crsRules();
-  if (!crs.rules) {
-    g.error = crs.error;
+  const LoadedEngine& le = crsEngine();
+  if (!le.engine) {
+    g.error = le.error;
     return g;
   }
-  const RuleSet& set = *crs.rules;
-  std::string key;
-  for (const Rule& rule : set.rules) {
-    if (rule.id != ruleId) continue;
-    for (const RuleLink& link : rule.links) {
-      if (!isPatternLink(link)) continue;
-      key = groupKeyOf(set, rule, link);
-      g.chain = chainOf(set, rule, link);
-      break;
-    }
-    break;
-  }
-  if (key.empty()) {
+  Engine::PatternGroupView view;
+  if (!le.engine->patternGroupOf(ruleId, view)) {
     g.error = "CRS has no rule " + std::to_string(ruleId) + " with a pattern operator";
     return g;
   }
-  std::vector<PatternSpec> specs;
-  uint32_t linkIndex = 0;  // ids: global link index, as in the engine
-  for (const Rule& rule : set.rules) {
-    for (const RuleLink& link : rule.links) {
-      const uint32_t id = linkIndex++;
-      if (!isPatternLink(link) || groupKeyOf(set, rule, link) != key) continue;
-      PatternSpec ps;
-      ps.id = id;
-      if (link.op.kind == OperatorKind::kRx) {
-        ps.kind = PatternSpec::Kind::kRegex;
-        ps.regex = link.op.argument;
-      } else {
-        ps.kind = PatternSpec::Kind::kPhrases;
-        ps.phrases = link.op.phrases;
-      }
-      specs.push_back(std::move(ps));
-    }
-  }
-  std::string error;
-  g.set = PatternSet::build(specs, cacheDir(), &error, nullptr);
-  if (!g.set) {
-    g.error = "rule " + std::to_string(ruleId) + "'s group does not build: " + error;
-    return g;
-  }
+  g.set = view.patterns;
+  g.chain = view.chain;
   size_t modes[6] = {};
-  for (const PatternSpec& ps : specs) {
-    const auto m = static_cast<size_t>(g.set->mode(ps.id));
+  for (uint32_t id : view.patternIds) {
+    const auto m = static_cast<size_t>(g.set->mode(id));
     if (m < 6) ++modes[m];
   }
-  g.label = std::to_string(ruleId) + ": " + std::to_string(specs.size()) + " patterns (" +
+  g.label = std::to_string(ruleId) + ": " + std::to_string(g.set->size()) + " patterns (" +
             std::to_string(modes[0]) + " exact, " + std::to_string(modes[1]) + " prefilter, " +
             std::to_string(modes[2]) + " pcre, " + std::to_string(modes[3] + modes[4]) +
             " phrase lists)";
@@ -281,35 +183,6 @@ BENCHMARK_CAPTURE(BM_WafGroupScan, xss_ua300, 941120u, kUserAgent);
 BENCHMARK_CAPTURE(BM_WafGroupScan, scanner_ua300, 913100u, kUserAgent);
 // Java attacks on every header, t:lowercase (944100, 944110, 944120).
 BENCHMARK_CAPTURE(BM_WafGroupScan, java_headers_ua300, 944100u, kUserAgent);
-
-namespace {
-
-struct LoadedEngine {
-  std::shared_ptr<const Engine> engine;
-  std::string error;
-};
-
-// The full CRS at paranoia 1, as moatd compiles it (appliance.cpp), once.
-const LoadedEngine& crsEngine() {
-  static const LoadedEngine e = [] {
-    LoadedEngine out;
-    out.error = crsMissing();
-    if (!out.error.empty()) return out;
-    EngineOptions opt;
-    opt.ruleFiles = {kCrsSetup, kCrsRules};
-    opt.preamble = crsPreamble(kParanoia, 0, 0);
-    opt.cacheDir = cacheDir();
-    std::vector<std::string> errors;
-    out.engine = Engine::compile(opt, &errors, nullptr, nullptr);
-    if (!out.engine) {
-      out.error = "CRS engine does not compile: " + (errors.empty() ? "" : errors[0]);
-    }
-    return out;
-  }();
-  return e;
-}
-
-}  // namespace
 
 // The browser GET of http_parse_bench.cpp, as the proxy hands it to the WAF.
 static void BM_WafEvaluateBenignGet(benchmark::State& state) {

@@ -509,5 +509,41 @@ TEST(WafEngineCrs, BlocksAttacksAndPassesBenignAtParanoia1) {
   EXPECT_NE(std::find(lfiIds.begin(), lfiIds.end(), 930120u), lfiIds.end());
 }
 
+
+// Engine::patternGroupOf (benchmarks and diagnostics): links with the same
+// chain, phase and targets share one database; other chains or targets get
+// their own; non-pattern rules and unknown ids have none.
+TEST(WafEngine, PatternGroupOfReportsTheSharedDatabaseAndChain) {
+  auto e = compileText(R"(
+SecRule ARGS "@rx foo" "id:1,phase:2,t:none,t:lowercase,pass"
+SecRule ARGS "@pm bar baz" "id:2,phase:2,t:none,t:lowercase,pass"
+SecRule ARGS "@rx qux" "id:3,phase:2,t:none,t:urlDecode,pass"
+SecRule REQUEST_HEADERS "@rx foo" "id:4,phase:2,t:none,t:lowercase,pass"
+SecRule ARGS "@streq x" "id:5,phase:2,pass"
+)");
+  ASSERT_NE(e, nullptr);
+  Engine::PatternGroupView g1, g2, g3, g4, none;
+  ASSERT_TRUE(e->patternGroupOf(1, g1));
+  ASSERT_TRUE(e->patternGroupOf(2, g2));
+  ASSERT_TRUE(e->patternGroupOf(3, g3));
+  ASSERT_TRUE(e->patternGroupOf(4, g4));
+  EXPECT_EQ(g1.patterns, g2.patterns);
+  EXPECT_NE(g1.patterns, g3.patterns);
+  EXPECT_NE(g1.patterns, g4.patterns);
+  EXPECT_EQ(g1.chain, std::vector<Transform>{Transform::kLowercase});
+  EXPECT_EQ(g3.chain, std::vector<Transform>{Transform::kUrlDecode});
+  EXPECT_EQ(g1.patternIds.size(), 2u);
+  EXPECT_EQ(g3.patternIds.size(), 1u);
+  // The database really holds those patterns: "BAZ" lowercased hits rule 2's.
+  PatternScratch scratch(*g1.patterns);
+  std::vector<uint32_t> hits;
+  g1.patterns->scan("xx baz yy", scratch, hits);
+  ASSERT_EQ(hits.size(), 1u);
+  EXPECT_EQ(hits[0], g2.patternId);
+  EXPECT_NE(g1.patternId, g2.patternId);
+  EXPECT_FALSE(e->patternGroupOf(5, none));
+  EXPECT_FALSE(e->patternGroupOf(999, none));
+}
+
 }  // namespace
 }  // namespace moat::waf

@@ -511,6 +511,23 @@ Engine::~Engine() = default;
 const CompileStats& Engine::stats() const { return impl_->stats; }
 EngineMode Engine::mode() const { return impl_->mode; }
 
+bool Engine::patternGroupOf(uint32_t ruleId, PatternGroupView& out) const {
+  const EngineImpl& im = *impl_;
+  for (const LinkC& l : im.links) {
+    if (l.opClass != OpClass::kPattern || im.ruleSet.rules[l.ruleIndex].id != ruleId) continue;
+    if (l.groupId >= im.groups.size() || !im.groups[l.groupId]) return false;
+    out.patterns = im.groups[l.groupId];
+    out.chain = l.chain;
+    out.patternId = l.patternId;
+    out.patternIds.clear();
+    for (const LinkC& o : im.links) {
+      if (o.opClass == OpClass::kPattern && o.groupId == l.groupId) out.patternIds.push_back(o.patternId);
+    }
+    return true;
+  }
+  return false;
+}
+
 std::shared_ptr<const Engine> Engine::compile(const EngineOptions& options,
                                               std::vector<std::string>* errors,
                                               std::vector<std::string>* warnings,

@@ -41,7 +41,9 @@
 #include <utility>
 #include <vector>
 
+#include "moat/waf/patterns.h"
 #include "moat/waf/rules.h"
+#include "moat/waf/transform.h"
 
 namespace moat::waf {
 
@@ -111,6 +113,19 @@ class Engine {
 
   const CompileStats& stats() const;
   EngineMode mode() const;
+
+  // Diagnostics and benchmarks, never the hot path: the Hyperscan group that
+  // scans rule `ruleId`'s first @rx/@pm link, and the transformations applied
+  // to a value before that scan (the unit of work a transaction does once per
+  // value and group). False when the rule is unknown or has no such link.
+  // O(links); allocates the chain copy.
+  struct PatternGroupView {
+    std::shared_ptr<const PatternSet> patterns;
+    std::vector<Transform> chain;
+    uint32_t patternId = 0;            // this rule's pattern in `patterns` (a scan hit id)
+    std::vector<uint32_t> patternIds;  // ids of every link sharing this database (PatternSet::mode)
+  };
+  bool patternGroupOf(uint32_t ruleId, PatternGroupView& out) const;
   const EngineImpl& impl() const { return *impl_; }
 
  private:
