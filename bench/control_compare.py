@@ -12,7 +12,7 @@ Reported: round trip per change (p50/p99), wrk's failed requests (non-2xx and
 socket errors) and, for Moat, the worst delay between a snapshot's build and
 a worker running it (moat_config_switch_lag_max_seconds).
 
-    bench/control_compare.py [--changes 100] [--duration 12] [--rounds 2] [--write]
+    bench/control_compare.py [--changes 100] [--duration 12] [--rounds 2] [--write] [--json FILE]
 """
 import argparse
 import http.client
@@ -172,6 +172,7 @@ def main():
     ap.add_argument("--duration", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     a = ap.parse_args()
     for tool in ("haproxy", "nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -216,6 +217,13 @@ def main():
                  "lost on restart.")
     table = "\n".join(lines)
     print(table)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"changes": a.changes, "duration": a.duration, "rounds": a.rounds,
+                       "proxies": {name: {"changes": n, "p50_ms": p50, "p99_ms": p99, "requests": reqs,
+                                          "failed": failed, "socket_errors": sock,
+                                          "switch_lag_max_ms": None if lag != lag else lag}
+                                   for name, n, p50, p99, reqs, failed, sock, lag in rows}}, f, indent=1)
     if a.write:
         section = ("## Live config changes under load (issue 7)\n\n"
                    f"`bench/control_compare.py --changes {a.changes} --duration {a.duration} --rounds {a.rounds} --write`"

@@ -9,9 +9,10 @@ over the measured interval) and requests per proxy-CPU-second ("per core"),
 as medians, with ratios to HAProxy. Writes a section into docs/BENCHMARKS.md
 when --write is given.
 
-Usage: bench/l7_compare.py [--rounds 3] [--duration 10] [--connections 64] [--write]
+Usage: bench/l7_compare.py [--rounds 3] [--duration 10] [--connections 64] [--write] [--json FILE]
 """
 import argparse
+import json
 import os
 import platform
 import re
@@ -172,6 +173,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--json", metavar="FILE", help="also write the medians and every round as JSON")
     a = ap.parse_args()
     for tool in ("haproxy", "nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -243,6 +245,14 @@ def main():
                      f"vs moat without it.")
     table = "\n".join(lines)
     print(table)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rounds": a.rounds, "duration": a.duration, "connections": a.connections,
+                       "names": names,
+                       "median": {n: {"rps": med[n][0], "us_per_req": med[n][1], "per_core": med[n][2]}
+                                  for n in names},
+                       "runs": {n: [{"rps": x[0], "us_per_req": x[1], "per_core": x[2], "non2xx": x[3],
+                                     "socket_errors": x[4]} for x in results[n]] for n in names}}, f, indent=1)
     if a.write:
         cpu = cpu_model()
         section = f"""## L7 HTTP/1.1 keep-alive: Moat vs HAProxy vs NGINX

@@ -22,7 +22,7 @@ client side is usually the bottleneck (an ECDSA verify costs the client
 more than the signature costs the server), so compare per-core figures.
 
 Usage: bench/tls_compare.py [--rounds 3] [--duration 6] [--clients 4]
-                            [--connections 64] [--only haproxy,moat] [--write]
+                            [--connections 64] [--only haproxy,moat] [--write] [--json FILE]
 """
 import argparse
 import json
@@ -219,6 +219,7 @@ def main():
     ap.add_argument("--connections", type=int, default=64, help="wrk connections")
     ap.add_argument("--only", default=",".join(PROXIES), help="comma list of: " + ", ".join(PROXIES))
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--json", metavar="FILE", help="also write the medians as JSON")
     a = ap.parse_args()
     names = [n for n in a.only.split(",") if n]
     if any(n not in PROXIES for n in names):
@@ -305,6 +306,14 @@ def main():
                      f"its first, full handshake before the timed loop).")
     table = "\n".join(lines)
     print(table)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rounds": a.rounds, "duration": a.duration, "clients": a.clients,
+                       "connections": a.connections, "names": names, "workloads": list(WORKLOADS),
+                       "labels": LABELS,
+                       "median": {n: {w: {"ops_s": med[n][w][0], "cpu_us_per_op": med[n][w][1],
+                                          "ops_per_cpu_s": med[n][w][2]} for w in WORKLOADS} for n in names},
+                       "handshakes": notes}, f, indent=1)
 
     if a.write:
         cpu = cpu_model()

@@ -18,7 +18,7 @@ directory and again with the warm cache (from its stderr summary), and the
 wall time of a modsec-eval run over one tiny request (it needs at least one
 request file), which is dominated by its rule load.
 
-Usage: bench/waf_compare.py [--rounds 3] [--k-crs 20] [--k-benign 200] [--write]
+Usage: bench/waf_compare.py [--rounds 3] [--k-crs 20] [--k-benign 200] [--write] [--json FILE]
 """
 import argparse
 import datetime
@@ -252,6 +252,7 @@ def main():
     ap.add_argument("--setup", default=SETUP)
     ap.add_argument("--crs-requests", help="directory of CRS *.http (default: generate into a temp dir)")
     ap.add_argument("--write", action="store_true", help="update the WAF section of docs/BENCHMARKS.md")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args()
 
     if not os.access(args.moat, os.X_OK):
@@ -295,6 +296,11 @@ def main():
     print()
     print(dis)
     print(f"\n(total {elapsed:.0f} s)", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"rounds": args.rounds, "k_crs": args.k_crs, "k_benign": args.k_benign,
+                       "target": TARGET, "versions": dict(zip(("modsecurity", "git"), versions())),
+                       "sets": rows, "cold": cold}, fh, indent=1)
 
     if args.write:
         ms_ver, rev = versions()
