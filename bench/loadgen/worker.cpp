@@ -691,8 +691,9 @@ struct Worker::Impl {
   }
 
   bool run(std::string& err) {
-    LoopOptionsHolder lo;
-    loop = Loop::create(lo.opts, err);
+    dataplane::LoopOptions lo;  // 4096 x 16 KiB provided buffers; no local ones (nothing to fill)
+    lo.localBufferCount = 0;
+    loop = Loop::create(lo, err);
     if (!loop) return false;
     if (!loop->bindToThisThread(err)) return false;
     if (o.target.tls && !makeTlsContext(err)) return false;
@@ -746,16 +747,6 @@ struct Worker::Impl {
     }
     return true;
   }
-
-  struct LoopOptionsHolder {
-    dataplane::LoopOptions opts;
-    LoopOptionsHolder() {
-      opts.ringEntries = 4096;
-      opts.bufferCount = 4096;
-      opts.bufferSize = 16384;
-      opts.localBufferCount = 0;
-    }
-  };
 };
 
 Worker::Worker(const Options& opts, RunClock& clock, uint32_t index, uint32_t firstConn, uint32_t conns)
